@@ -103,13 +103,15 @@ class FibottentionAttention(nn.Module):
             # Refuse rather than silently ignore (the release's fused path silently dropped its mask).
             raise ValueError("FibottentionAttention defines its own pattern; attn_mask/is_causal are not supported")
         B, T, C = x.shape
+        backend = self.resolved_backend(T, x.device)
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if backend != "dense":
+            qkv = qkv.contiguous()  # one copy here instead of one per tensor inside the backend
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
 
         x = fib_attention(
-            q, k, v, self.pattern, mode=self.mode, backend=self.resolved_backend(T, x.device),
-            scale=self.scale, dropout_p=self._dropout_p(),
+            q, k, v, self.pattern, mode=self.mode, backend=backend, scale=self.scale, dropout_p=self._dropout_p()
         )
 
         x = x.transpose(1, 2).reshape(B, T, C)

@@ -25,7 +25,10 @@ MODES = ("multiplicative", "additive")
 # Measured with benchmarks/attention.py on the project's 2-core CPU (fp32, 12 heads, head dim 64):
 # the sparse path is faster than the fused dense one from about this many tokens on.
 CPU_SPARSE_MIN_TOKENS = 128
-CUDA_SPARSE_MIN_TOKENS = 1024
+# Not yet measured on a GPU. The sparse path launches ~10 small kernels per diagonal (thousands per
+# layer at T = 4097), so on CUDA it is launch-bound; the batched products of the fused path win
+# until its (h, T, T) scores get large. An estimate, to be replaced by a measured crossover.
+CUDA_SPARSE_MIN_TOKENS = 8192
 
 
 def select_backend(num_tokens: int, device: torch.device, *, dropout_p: float = 0.0) -> str:

@@ -1,0 +1,339 @@
+"""One training loop for every task: diffusion policies and classifiers alike.
+
+The model only has to provide ``compute_loss(batch) -> Tensor | dict`` (a dict carries ``"loss"``
+plus any scalars to log). Everything else lives here: AdamW (or any optimiser factory), warm-up +
+cosine schedule stepped per batch, gradient clipping, bf16 autocast on CUDA, EMA, validation loss,
+periodic task evaluation (rollouts, test accuracy) through an ``evaluator`` callback, top-k
+checkpoints by a monitored score plus ``latest``, TensorBoard + ``metrics.jsonl``, tqdm, DDP under
+``torchrun``, and exact resumption (model, optimiser, scheduler, EMA, sampler position, RNG states).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import torch
+import torch.nn as nn
+from diffusers.optimization import get_scheduler
+from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .checkpoint import TopKCheckpoints, load_trainer_state, load_weights, save_checkpoint
+from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
+from .logger import MetricsLogger
+from .sampler import ResumableSampler
+from .seeding import rng_state, seed_everything, set_rng_state
+
+
+class EMALike(Protocol):
+    """What the trainer needs of an exponential moving average of the model."""
+
+    model: nn.Module
+
+    def step(self, model: nn.Module) -> None: ...  # noqa: D102
+
+    def state_dict(self) -> dict[str, Any]: ...  # noqa: D102
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...  # noqa: D102
+
+
+Evaluator = Callable[[nn.Module, int, Path], Mapping[str, Any]]
+
+
+class _LossForward(nn.Module):
+    # DDP synchronises gradients through forward(), so the loss must be computed inside one.
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Any) -> Any:
+        return self.model.compute_loss(batch)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a nested dict / list / tuple batch to ``device``."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def _split_loss(out: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    if isinstance(out, Mapping):
+        if "loss" not in out:
+            raise ValueError(f"compute_loss returned a dict without 'loss' (keys: {sorted(out)})")
+        extras = {k: float(v) for k, v in out.items() if k != "loss"}
+        return out["loss"], extras
+    return out, {}
+
+
+def default_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW with the Diffusion Policy reference settings (lr 1e-4, betas (0.95, 0.999), wd 1e-6)."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
+
+
+class Trainer:
+    """Trains ``model`` on ``train_dataset``; see the module docstring for what it takes care of."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset: Dataset,
+        *,
+        run_dir: str | Path,
+        val_dataset: Dataset | None = None,
+        optimizer: Callable[[nn.Module], torch.optim.Optimizer] = default_optimizer,
+        lr_scheduler: str = "cosine",
+        lr_warmup_steps: int = 500,
+        num_epochs: int = 1,
+        max_steps: int | None = None,
+        batch_size: int = 64,
+        val_batch_size: int | None = None,
+        num_workers: int = 0,
+        grad_clip_norm: float | None = None,
+        ema: Callable[[nn.Module], EMALike] | None = None,
+        mixed_precision: bool = True,
+        log_every_steps: int = 10,
+        val_every_epochs: int = 1,
+        eval_every_epochs: int = 50,
+        checkpoint_every_epochs: int = 50,
+        checkpoint_every_steps: int | None = None,
+        topk: int = 5,
+        monitor: str = "test/mean_score",
+        evaluator: Evaluator | None = None,
+        seed: int = 42,
+        config: DictConfig | dict | None = None,
+        device: str | None = None,
+        collate_fn: Callable | None = None,
+        progress: bool = True,
+    ) -> None:
+        if not hasattr(model, "compute_loss"):
+            raise TypeError(f"{type(model).__name__} has no compute_loss(batch); the trainer needs one")
+        if len(train_dataset) == 0:
+            raise ValueError("the training dataset is empty")
+        if num_epochs < 1 or batch_size < 1:
+            raise ValueError(f"num_epochs and batch_size must be >= 1, got {num_epochs} and {batch_size}")
+        self.dist: DistInfo = init_distributed(device)
+        self.device = self.dist.device
+        self.model = model.to(self.device)
+        self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        self.run_dir = Path(run_dir)
+        self.num_epochs, self.max_steps, self.batch_size = num_epochs, max_steps, batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers, self.grad_clip_norm, self.collate_fn = num_workers, grad_clip_norm, collate_fn
+        self.use_bf16 = mixed_precision and self.device.type == "cuda"
+        self.log_every_steps, self.val_every_epochs = log_every_steps, val_every_epochs
+        self.eval_every_epochs, self.checkpoint_every_epochs = eval_every_epochs, checkpoint_every_epochs
+        self.checkpoint_every_steps, self.monitor, self.evaluator = checkpoint_every_steps, monitor, evaluator
+        self.seed, self.config, self.progress = seed, config, progress and self.dist.is_main
+
+        seed_everything(seed + self.dist.rank)
+        self.optimizer = optimizer(self.model)
+        self.sampler = ResumableSampler(
+            len(train_dataset), shuffle=True, seed=seed, rank=self.dist.rank, world_size=self.dist.world_size
+        )
+        self.steps_per_epoch = math.ceil(len(self.sampler) / batch_size)
+        total = self.steps_per_epoch * num_epochs if max_steps is None else min(max_steps, self.steps_per_epoch * num_epochs)
+        self.total_steps = total
+        self.lr_scheduler = get_scheduler(
+            lr_scheduler, self.optimizer, num_warmup_steps=lr_warmup_steps, num_training_steps=total
+        )
+        self.ema = ema(self.model) if ema is not None else None
+        self.forward = _LossForward(self.model)
+        if self.dist.distributed:
+            self.forward = DistributedDataParallel(
+                self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.topk = TopKCheckpoints(self.run_dir / "checkpoints", k=topk)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights used for validation, evaluation and checkpoints' ``ema.safetensors``."""
+        return self.ema.model if self.ema is not None else self.model
+
+    @property
+    def latest_path(self) -> Path:
+        """Directory of the ``latest`` checkpoint."""
+        return self.run_dir / "checkpoints" / "latest"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything beyond the weights that a resumed run needs to continue exactly."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best": dict(self.best),
+            "rng": rng_state(),
+        }
+
+    def _checkpoint_kwargs(self) -> dict[str, Any]:
+        return dict(
+            model=self.model,
+            ema_model=self.ema.model if self.ema is not None else None,
+            trainer_state=self.state_dict(),
+            config=self.config,
+            meta={"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
+        )
+
+    def save_latest(self) -> None:
+        """Write ``checkpoints/latest`` (main rank only)."""
+        if self.dist.is_main:
+            save_checkpoint(self.latest_path, **self._checkpoint_kwargs())
+        barrier(self.dist)
+
+    def resume(self, checkpoint: str | Path | None = None) -> None:
+        """Restore weights, EMA, optimiser, scheduler, counters and RNG states from a checkpoint."""
+        path = Path(checkpoint) if checkpoint is not None else self.latest_path
+        if not path.is_dir():
+            raise FileNotFoundError(f"resume=true but there is no checkpoint at {path}")
+        state = load_trainer_state(path)
+        load_weights(self.model, path)
+        if self.ema is not None:
+            load_weights(self.ema.model, path, ema=True)
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best = dict(state["best"])
+        set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------ loop
+
+    def _loader(self, dataset: Dataset, sampler, batch_size: int, epoch: int) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda", collate_fn=self.collate_fn,
+            # Seeded per epoch so worker seeds never draw from (and perturb) the global RNG.
+            generator=torch.Generator().manual_seed(self.seed + 7919 * epoch),
+            persistent_workers=False,
+        )
+
+    def _train_step(self, batch: Any) -> tuple[float, dict[str, float]]:
+        batch = to_device(batch, self.device)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            loss, extras = _split_loss(self.forward(batch))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip_norm is not None:
+            extras["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm))
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.step(self.model)
+        return loss.item(), extras
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean loss of the evaluation weights on the validation set, with fixed noise across epochs."""
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return {}
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        total, count = 0.0, 0
+        # A fixed, forked RNG: comparable numbers across epochs, and the training stream is untouched.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.seed + 1)
+            loader = self._loader(self.val_dataset, None, self.val_batch_size, 0)
+            for batch in loader:
+                batch = to_device(batch, self.device)
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+                    loss, _ = _split_loss(model.compute_loss(batch))
+                n = len(next(iter(batch.values()))) if isinstance(batch, Mapping) else len(batch[0])
+                total, count = total + loss.item() * n, count + n
+        model.train(was_training)
+        return {"val/loss": mean_across_ranks(total / max(count, 1), self.dist)}
+
+    def evaluate(self) -> dict[str, Any]:
+        """Run the task's evaluator (rollouts, test accuracy) on the evaluation weights (main rank)."""
+        if self.evaluator is None or not self.dist.is_main:
+            return {}
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            metrics = dict(self.evaluator(model, self.epoch, self.run_dir))
+        model.train(was_training)
+        return metrics
+
+    def _finished(self) -> bool:
+        return self.max_steps is not None and self.step >= self.max_steps
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train until ``num_epochs`` (or ``max_steps``); returns the last epoch's metrics."""
+        logger = MetricsLogger(self.run_dir, tensorboard=self.dist.is_main, resume_step=None) if self.dist.is_main else None
+        if resume:
+            self.resume()
+            if logger is not None:
+                logger.close()
+                logger = MetricsLogger(self.run_dir, tensorboard=True, resume_step=self.step)
+        self.model.train()
+        last: dict[str, Any] = {}
+        window: list[float] = []
+        start_time = time.time()
+        try:
+            while self.epoch < self.num_epochs and not self._finished():
+                self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.batch_size)
+                loader = self._loader(self.train_dataset, self.sampler, self.batch_size, self.epoch)
+                bar = tqdm(
+                    loader, desc=f"epoch {self.epoch}", leave=False, disable=not self.progress,
+                    initial=self.batch_in_epoch, total=self.steps_per_epoch,
+                )
+                for batch in bar:
+                    loss, extras = self._train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    window.append(loss)
+                    if logger is not None and self.step % self.log_every_steps == 0:
+                        logger.log({"train/loss": sum(window) / len(window), "train/lr": self.lr_scheduler.get_last_lr()[0],
+                                    "epoch": self.epoch, **{f"train/{k}": v for k, v in extras.items()}}, self.step)
+                        bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
+                        window.clear()
+                    if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0:
+                        self.save_latest()
+                    if self._finished():
+                        break
+                epoch_done = self.batch_in_epoch >= self.steps_per_epoch
+                if epoch_done:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                last = self._end_of_epoch(logger, final=self.epoch >= self.num_epochs or self._finished(), start_time=start_time)
+        finally:
+            if logger is not None:
+                logger.close()
+        return last
+
+    def _end_of_epoch(self, logger: MetricsLogger | None, *, final: bool, start_time: float) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"epoch": self.epoch, "wall_time_s": time.time() - start_time}
+        if final or self.epoch % self.val_every_epochs == 0:
+            metrics.update(self.validate())
+        if final or self.epoch % self.eval_every_epochs == 0:
+            metrics.update(self.evaluate())
+        score = metrics.get(self.monitor)
+        if score is not None:
+            self.best[self.monitor] = max(score, self.best.get(self.monitor, float("-inf")))
+            metrics[f"best/{self.monitor}"] = self.best[self.monitor]
+        if logger is not None:
+            logger.log(metrics, self.step)
+        if score is not None and self.dist.is_main:
+            self.topk.save(float(score), self.epoch, **self._checkpoint_kwargs())
+        if final or self.epoch % self.checkpoint_every_epochs == 0:
+            self.save_latest()
+        return metrics

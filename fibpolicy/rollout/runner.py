@@ -1,0 +1,206 @@
+"""Vectorised policy evaluation: subprocess environments, observation stacking, chunked actions, videos.
+
+Episodes run in rounds of ``n_envs`` on a gymnasium ``AsyncVectorEnv`` (one subprocess per env).
+Each policy call sees the last ``n_obs_steps`` observations of every env (the first observation
+repeated at the start), predicts a chunk, and ``n_action_steps`` of it are executed one env step at a
+time, up to ``max_steps``. An episode's score is its maximum reward; it succeeds when any step reports
+``info["is_success"]``. An env that terminates keeps being stepped with the batch but its results are
+ignored. A worker that raises or dies is reported with its episode's seed; the rest of its round is
+run again in a fresh set of workers, so one bad episode neither hangs nor sinks the evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .video import write_mp4
+
+ObsTransform = Callable[[Any], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One evaluation episode: its reset seed, which split it reports to, and whether to film it."""
+
+    seed: int
+    prefix: str = "test"
+    record_video: bool = False
+
+
+@dataclass
+class EpisodeResult:
+    """What one episode produced."""
+
+    seed: int
+    prefix: str
+    score: float = 0.0
+    success: bool = False
+    length: int = 0
+    video: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class RolloutResult:
+    """Per-episode results and their aggregates per split (``train/…``, ``test/…``)."""
+
+    episodes: list[EpisodeResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """``<prefix>/mean_score``, ``<prefix>/success_rate`` and ``<prefix>/n_episodes`` for each split."""
+        out: dict[str, float] = {}
+        for prefix in sorted({e.prefix for e in self.episodes}):
+            done = [e for e in self.episodes if e.prefix == prefix and e.error is None]
+            failed = [e for e in self.episodes if e.prefix == prefix and e.error is not None]
+            out[f"{prefix}/mean_score"] = float(np.mean([e.score for e in done])) if done else float("nan")
+            out[f"{prefix}/success_rate"] = float(np.mean([e.success for e in done])) if done else float("nan")
+            out[f"{prefix}/n_episodes"] = len(done)
+            if failed:
+                out[f"{prefix}/n_crashed"] = len(failed)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary with every episode."""
+        return {**self.metrics(), "seconds": self.seconds, "episodes": [asdict(e) for e in self.episodes]}
+
+
+def _stack(history: deque) -> Any:
+    """Stack the last observations along a new time axis 1: (n_envs, To, ...)."""
+    first = history[0]
+    if isinstance(first, dict):
+        return {k: np.stack([h[k] for h in history], axis=1) for k in first}
+    return np.stack(list(history), axis=1)
+
+
+def _failed_workers(venv: gym.vector.AsyncVectorEnv) -> list[int]:
+    """Indices of workers that raised (gymnasium drops their pipe) or whose process died."""
+    pipes, procs = getattr(venv, "parent_pipes", []), getattr(venv, "processes", [])
+    return [i for i in range(len(pipes)) if pipes[i] is None or (i < len(procs) and not procs[i].is_alive())]
+
+
+class RolloutRunner:
+    """Evaluates a policy with ``predict_action(obs) -> {"action": (B, Ta, A)}`` on a list of episodes."""
+
+    def __init__(
+        self,
+        env_fn: Callable[[], gym.Env],
+        episodes: Sequence[EpisodeSpec],
+        *,
+        obs_transform: ObsTransform,
+        n_envs: int = 8,
+        n_obs_steps: int = 2,
+        n_action_steps: int = 8,
+        max_steps: int = 300,
+        video_dir: str | Path | None = None,
+        fps: int = 10,
+        context: str = "spawn",
+        step_timeout_s: float | None = 120.0,
+        progress: bool = True,
+    ) -> None:
+        if n_envs < 1 or n_obs_steps < 1 or n_action_steps < 1 or max_steps < 1:
+            raise ValueError("n_envs, n_obs_steps, n_action_steps and max_steps must all be >= 1")
+        if not episodes:
+            raise ValueError("no episodes to run")
+        self.env_fn, self.episodes, self.obs_transform = env_fn, list(episodes), obs_transform
+        self.n_envs = min(n_envs, len(self.episodes))
+        self.n_obs_steps, self.n_action_steps, self.max_steps = n_obs_steps, n_action_steps, max_steps
+        self.video_dir = Path(video_dir) if video_dir is not None else None
+        self.fps, self.context, self.step_timeout_s, self.progress = fps, context, step_timeout_s, progress
+
+    def _vector_env(self) -> gym.vector.AsyncVectorEnv:
+        return gym.vector.AsyncVectorEnv(
+            [self.env_fn] * self.n_envs, context=self.context, autoreset_mode=gym.vector.AutoresetMode.DISABLED
+        )
+
+    @torch.no_grad()
+    def run(self, policy: Any, *, tag: str = "") -> RolloutResult:
+        """Run every episode with ``policy``; videos go to ``video_dir/<tag><prefix>_seed<seed>.mp4``."""
+        start = time.time()
+        results: dict[int, EpisodeResult] = {}
+        pending = list(range(len(self.episodes)))
+        bar = tqdm(total=len(pending), desc="rollouts", leave=False, disable=not self.progress)
+        venv = self._vector_env()
+        try:
+            while pending:
+                batch, pending = pending[: self.n_envs], pending[self.n_envs :]
+                try:
+                    for idx, res in zip(batch, self._run_round(venv, policy, [self.episodes[i] for i in batch], tag)):
+                        results[idx] = res
+                    bar.update(len(batch))
+                except Exception as err:  # a worker raised or died: report it, retry the rest
+                    failed = [i for i in _failed_workers(venv) if i < len(batch)] or list(range(len(batch)))
+                    for i in failed:
+                        spec = self.episodes[batch[i]]
+                        results[batch[i]] = EpisodeResult(spec.seed, spec.prefix, error=f"{type(err).__name__}: {err}")
+                    bar.update(len(failed))
+                    pending = [idx for i, idx in enumerate(batch) if i not in failed] + pending
+                    venv.close(terminate=True)
+                    venv = self._vector_env()
+        finally:
+            venv.close(terminate=True)
+            bar.close()
+        return RolloutResult([results[i] for i in range(len(self.episodes))], time.time() - start)
+
+    def _run_round(self, venv, policy, specs: list[EpisodeSpec], tag: str) -> list[EpisodeResult]:
+        n = len(specs)
+        # Pad a short last round with copies of its first episode; their results are dropped.
+        seeds = [s.seed for s in specs] + [specs[0].seed] * (self.n_envs - n)
+        obs, _ = venv.reset(seed=seeds)
+        history = deque([obs] * self.n_obs_steps, maxlen=self.n_obs_steps)
+        filming = [i for i, s in enumerate(specs) if s.record_video and self.video_dir is not None]
+        frames: dict[int, list[np.ndarray]] = {i: [] for i in filming}
+        self._film(venv, frames)
+        results = [EpisodeResult(s.seed, s.prefix) for s in specs]
+        done = np.zeros(self.n_envs, dtype=bool)
+        done[n:] = True
+        steps = 0
+        while steps < self.max_steps and not done.all():
+            obs_in = self.obs_transform(_stack(history))
+            actions = policy.predict_action({k: torch.as_tensor(v) for k, v in obs_in.items()})["action"]
+            actions = actions.detach().float().cpu().numpy()
+            for a in range(min(self.n_action_steps, actions.shape[1])):
+                if steps >= self.max_steps or done.all():
+                    break
+                venv.step_async(actions[:, a])
+                obs, reward, terminated, truncated, info = venv.step_wait(timeout=self.step_timeout_s)
+                steps += 1
+                history.append(obs)
+                success = info.get("is_success", np.zeros(self.n_envs, dtype=bool))
+                for i in np.flatnonzero(~done):
+                    r = results[i]
+                    r.score, r.length = max(r.score, float(reward[i])), steps
+                    r.success = r.success or bool(success[i])
+                    if terminated[i] or truncated[i]:
+                        done[i] = True
+                self._film(venv, {i: f for i, f in frames.items() if results[i].length == steps})
+        for i, f in frames.items():
+            name = f"{tag}{specs[i].prefix}_seed{specs[i].seed}.mp4"
+            results[i].video = str(write_mp4(f, self.video_dir / name, fps=self.fps))
+        return results
+
+    @staticmethod
+    def _film(venv, frames: dict[int, list[np.ndarray]]) -> None:
+        if frames:
+            rendered = venv.call("render")
+            for i, f in frames.items():
+                f.append(np.asarray(rendered[i]))
+
+
+def protocol_episodes(
+    n_train: int = 6, n_test: int = 50, *, train_seed_start: int = 0, test_seed_start: int = 100000,
+    n_train_videos: int = 1, n_test_videos: int = 2,
+) -> list[EpisodeSpec]:
+    """The reference evaluation: train seeds 0-5 and test seeds 100000-100049, a few filmed."""
+    train = [EpisodeSpec(train_seed_start + i, "train", i < n_train_videos) for i in range(n_train)]
+    test = [EpisodeSpec(test_seed_start + i, "test", i < n_test_videos) for i in range(n_test)]
+    return train + test

@@ -11,7 +11,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from fibpolicy.training import Trainer, load_trainer_state, load_weights
-from fibpolicy.training.ema import ExponentialMovingAverage
+from fibpolicy.training import EMAModel
 
 
 class PairDataset(Dataset):
@@ -53,7 +53,7 @@ def _trainer(tmp_path, model, **kw):
         run_dir=tmp_path, val_dataset=PairDataset(12, seed=1), num_epochs=4, batch_size=8, lr_warmup_steps=3,
         optimizer=lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2), log_every_steps=2,
         eval_every_epochs=1, checkpoint_every_epochs=2, seed=3, progress=False, topk=2,
-        ema=lambda m: ExponentialMovingAverage(m, power=0.75),
+        ema=lambda m: EMAModel(m, power=0.75),
         evaluator=lambda model, epoch, run_dir: {"test/mean_score": float(-epoch % 3)},
     )
     options.update(kw)
@@ -69,7 +69,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
     full = _trainer(tmp_path / "full", _fresh_model(), checkpoint_every_steps=7)
     full.fit()
     reference = {k: v.clone() for k, v in full.model.state_dict().items()}
-    reference_ema = {k: v.clone() for k, v in full.ema.model.state_dict().items()}
+    reference_ema = {k: v.clone() for k, v in full.ema.averaged_model.state_dict().items()}
 
     model = _fresh_model()
     model.crash_at = 9  # training call 9: after the mid-epoch step-7 checkpoint, before the step-10 one
@@ -82,7 +82,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
     resumed.fit(resume=True)
     for k, v in resumed.model.state_dict().items():
         assert torch.equal(v, reference[k]), k
-    for k, v in resumed.ema.model.state_dict().items():
+    for k, v in resumed.ema.averaged_model.state_dict().items():
         assert torch.equal(v, reference_ema[k]), k
     steps = [row["step"] for row in map(json.loads, (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) if "train/loss" in row]
     assert steps == sorted(set(steps)), "steps logged before the kill and after resume must not repeat"
@@ -104,7 +104,7 @@ def test_checkpoints_metrics_and_topk(tmp_path):
     assert len(epoch_rows) == 4 and epoch_rows[-1]["val/loss"] < epoch_rows[0]["val/loss"]
     model = NoisyRegressor()
     load_weights(model, latest, ema=True)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trainer.ema.model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trainer.ema.averaged_model.state_dict().values()))
     assert (tmp_path / "tb").is_dir()
 
 

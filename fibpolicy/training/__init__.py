@@ -1,6 +1,6 @@
 """The one training loop shared by policies and classifiers, and its parts."""
 
-from .checkpoint import (
+from ..checkpoint import (
     TopKCheckpoints,
     load_config,
     load_trainer_state,
@@ -9,7 +9,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .distributed import DistInfo, init_distributed
-from .ema import ExponentialMovingAverage
+from .ema import EMAModel
 from .logger import MetricsLogger
 from .sampler import ResumableSampler
 from .seeding import rng_state, seed_everything, set_rng_state
@@ -17,7 +17,7 @@ from .trainer import Trainer, default_optimizer, to_device
 
 __all__ = [
     "DistInfo",
-    "ExponentialMovingAverage",
+    "EMAModel",
     "MetricsLogger",
     "ResumableSampler",
     "TopKCheckpoints",

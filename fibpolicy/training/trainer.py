@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .checkpoint import TopKCheckpoints, load_trainer_state, load_weights, save_checkpoint
+from ..checkpoint import TopKCheckpoints, load_trainer_state, load_weights, save_checkpoint
 from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
 from .logger import MetricsLogger
 from .sampler import ResumableSampler
@@ -33,7 +33,7 @@ from .seeding import rng_state, seed_everything, set_rng_state
 class EMALike(Protocol):
     """What the trainer needs of an exponential moving average of the model."""
 
-    model: nn.Module
+    averaged_model: nn.Module
 
     def step(self, model: nn.Module) -> None: ...  # noqa: D102
 
@@ -110,7 +110,7 @@ class Trainer:
         monitor: str = "test/mean_score",
         evaluator: Evaluator | None = None,
         seed: int = 42,
-        config: DictConfig | dict | None = None,
+        run_config: DictConfig | dict | None = None,
         device: str | None = None,
         collate_fn: Callable | None = None,
         progress: bool = True,
@@ -133,7 +133,7 @@ class Trainer:
         self.log_every_steps, self.val_every_epochs = log_every_steps, val_every_epochs
         self.eval_every_epochs, self.checkpoint_every_epochs = eval_every_epochs, checkpoint_every_epochs
         self.checkpoint_every_steps, self.monitor, self.evaluator = checkpoint_every_steps, monitor, evaluator
-        self.seed, self.config, self.progress = seed, config, progress and self.dist.is_main
+        self.seed, self.run_config, self.progress = seed, run_config, progress and self.dist.is_main
 
         seed_everything(seed + self.dist.rank)
         self.optimizer = optimizer(self.model)
@@ -161,7 +161,7 @@ class Trainer:
     @property
     def eval_model(self) -> nn.Module:
         """The weights used for validation, evaluation and checkpoints' ``ema.safetensors``."""
-        return self.ema.model if self.ema is not None else self.model
+        return self.ema.averaged_model if self.ema is not None else self.model
 
     @property
     def latest_path(self) -> Path:
@@ -184,9 +184,9 @@ class Trainer:
     def _checkpoint_kwargs(self) -> dict[str, Any]:
         return dict(
             model=self.model,
-            ema_model=self.ema.model if self.ema is not None else None,
+            ema_model=self.ema.averaged_model if self.ema is not None else None,
             trainer_state=self.state_dict(),
-            config=self.config,
+            config=self.run_config,
             meta={"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
         )
 
@@ -204,7 +204,7 @@ class Trainer:
         state = load_trainer_state(path)
         load_weights(self.model, path)
         if self.ema is not None:
-            load_weights(self.ema.model, path, ema=True)
+            load_weights(self.ema.averaged_model, path, ema=True)
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])

@@ -1,0 +1,437 @@
+"""Pixel-exact, vectorised re-implementations of the pygame 2 drawing routines PushT uses.
+
+The reference renders PushT with pygame (``pygame.draw.polygon``, ``lines`` with width 4, ``circle``,
+``aalines``) through pymunk's debug draw. To reproduce its images without pygame and quickly, each
+primitive is turned into horizontal pixel spans (row, x_first, x_last) with the same integer
+arithmetic as pygame's C code (``src_c/draw.c``), and spans are painted with a few numpy operations.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+Spans = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows, first x, last x (inclusive), int64
+
+
+def fillpoly_spans(xs: np.ndarray, ys: np.ndarray) -> Spans:
+    """Spans of pygame's filled polygon (``draw_fillpoly``) through integer points ``xs, ys``."""
+    xs = np.asarray(xs, dtype=np.int64)
+    ys = np.asarray(ys, dtype=np.int64)
+    miny, maxy = int(ys.min()), int(ys.max())
+    if miny == maxy:  # a polygon one pixel high is a single line
+        return np.array([miny]), np.array([xs.min()]), np.array([xs.max()])
+    px, py = np.roll(xs, 1), np.roll(ys, 1)  # the previous point of each point
+    keep = py != ys  # horizontal edges are handled separately below
+    down = py < ys
+    x1 = np.where(down, px, xs)[keep]
+    y1 = np.where(down, py, ys)[keep]
+    x2 = np.where(down, xs, px)[keep]
+    y2 = np.where(down, ys, py)[keep]
+    rows = np.arange(miny, maxy + 1)[:, None]
+    hit = ((rows >= y1) & (rows < y2)) | ((rows == maxy) & (y2 == maxy))
+    # pygame 2.6 rounds these intersections down (checked pixel for pixel against it).
+    xi = (rows - y1) * (x2 - x1) // (y2 - y1) + x1
+    big = np.iinfo(np.int64).max
+    xi = np.sort(np.where(hit, xi, big), axis=1)
+    count = hit.sum(axis=1)
+    out_r, out_a, out_b = [], [], []
+    for k in range(0, xi.shape[1] - 1, 2):
+        sel = count >= k + 2
+        out_r.append(rows[sel, 0])
+        out_a.append(xi[sel, k])
+        out_b.append(xi[sel, k + 1])
+    # Horizontal edges strictly between the top and bottom rows are drawn explicitly.
+    flat = (py == ys) & (ys > miny) & (ys < maxy)
+    if flat.any():
+        out_r.append(ys[flat])
+        out_a.append(np.minimum(xs[flat], px[flat]))
+        out_b.append(np.maximum(xs[flat], px[flat]))
+    return np.concatenate(out_r), np.concatenate(out_a), np.concatenate(out_b)
+
+
+def bresenham(x1: int, y1: int, x2: int, y2: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points of pygame's Bresenham line from (x1, y1) to (x2, y2), both ends included, in closed form."""
+    dx, dy = abs(x2 - x1), abs(y2 - y1)
+    sx = 1 if x1 < x2 else -1
+    sy = 1 if y1 < y2 else -1
+    n = max(dx, dy)
+    k = np.arange(n + 1)
+    if dx > dy:
+        e0 = dx // 2
+        minor = -((e0 - k * dy) // dx)  # ceil((k*dy - e0) / dx): the steps taken along y
+        return x1 + sx * k, y1 + sy * minor
+    f0 = dy // 2
+    minor = -((f0 - k * dx) // dy) if dy else np.zeros_like(k)
+    return x1 + sx * minor, y1 + sy * k
+
+
+def line_width_spans(x1: int, y1: int, x2: int, y2: int, width: int) -> Spans:
+    """Spans of pygame's ``draw_line_width`` (a Bresenham line thickened across its minor axis)."""
+    bx, by = bresenham(x1, y1, x2, y2)
+    lo, hi = (width - 1) // 2, width // 2
+    if abs(x1 - x2) <= abs(y1 - y2):  # thickness grows along x: one horizontal span per point
+        return by, bx - lo, bx + hi
+    offsets = np.arange(-lo, hi + 1)  # thickness grows along y: a vertical run of pixels per point
+    rows = (by[:, None] + offsets[None, :]).ravel()
+    cols = np.repeat(bx, offsets.size)
+    return rows, cols, cols
+
+
+@lru_cache(maxsize=None)
+def _circle_table(radius: int) -> Spans:
+    """Spans of pygame's ``draw_circle_filled`` centred on (0, 0)."""
+    f, ddf_x, ddf_y, x, y = 1 - radius, 0, -2 * radius, 0, radius
+    rows, a, b = [], [], []
+    while x < y:
+        if f >= 0:
+            y -= 1
+            ddf_y += 2
+            f += ddf_y
+        x += 1
+        ddf_x += 2
+        f += ddf_x + 1
+        if f >= 0:
+            rows += [y - 1, -y]
+            a += [-x, -x]
+            b += [x - 1, x - 1]
+        rows += [x - 1, -x]
+        a += [-y, -y]
+        b += [y - 1, y - 1]
+    arr = (np.array(rows, dtype=np.int64), np.array(a, dtype=np.int64), np.array(b, dtype=np.int64))
+    for v in arr:
+        v.setflags(write=False)
+    return arr
+
+
+def circle_spans(cx: int, cy: int, radius: int) -> Spans:
+    """Spans of a filled pygame circle of integer ``radius`` centred on integer (cx, cy)."""
+    if radius < 1:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+    r, a, b = _circle_table(radius)
+    return r + cy, a + cx, b + cx
+
+
+def fat_segment_spans(a: tuple[float, float], b: tuple[float, float], radius: float) -> list[Spans]:
+    """Spans of pymunk's pygame ``draw_fat_segment`` override (thick line, quad and end discs)."""
+    p1x, p1y = round(a[0]), round(a[1])
+    p2x, p2y = round(b[0]), round(b[1])
+    width = round(max(1, radius * 2))
+    out = [line_width_spans(p1x, p1y, p2x, p2y, width)]
+    if width > 2:
+        # The reference takes absolute values here, so the "orthogonal" offset is only truly
+        # orthogonal for some directions; kept as is because it shapes the outline's pixels.
+        o0, o1 = abs(p2y - p1y), abs(p2x - p1x)
+        if o0 == 0 and o1 == 0:
+            return out
+        scale = radius / (o0 * o0 + o1 * o1) ** 0.5
+        o0, o1 = round(o0 * scale), round(o1 * scale)
+        qx = np.array([p1x - o0, p1x + o0, p2x + o0, p2x - o0])
+        qy = np.array([p1y - o1, p1y + o1, p2y + o1, p2y - o1])
+        out.append(fillpoly_spans(qx, qy))
+        out.append(circle_spans(p1x, p1y, round(radius)))
+        out.append(circle_spans(p2x, p2y, round(radius)))
+    return out
+
+
+def polygon_outline_spans(verts: np.ndarray, radius: float = 2.0) -> list[Spans]:
+    """Spans of the fat outline pymunk's pygame override draws around a polygon (``verts`` (n, 2))."""
+    n = len(verts)
+    out: list[Spans] = []
+    for i in range(n):
+        out.extend(fat_segment_spans(verts[i], verts[(i + 1) % n], radius))
+    return out
+
+
+def round_points(verts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Round float points (n, 2) to pixels as pymunk's ``to_pygame`` does (half to even)."""
+    r = np.rint(verts).astype(np.int64)
+    return r[:, 0], r[:, 1]
+
+
+def closed_polygon_spans(verts: np.ndarray) -> Spans:
+    """Spans of a filled polygon drawn from float vertices with the reference's closing point."""
+    xs, ys = round_points(verts)
+    return fillpoly_spans(np.append(xs, xs[0]), np.append(ys, ys[0]))
+
+
+def merge(spans: list[Spans]) -> Spans:
+    """Concatenate several span sets into one."""
+    return (
+        np.concatenate([s[0] for s in spans]),
+        np.concatenate([s[1] for s in spans]),
+        np.concatenate([s[2] for s in spans]),
+    )
+
+
+def paint(canvas: np.ndarray, spans: Spans, color: tuple[int, int, int]) -> tuple[int, int, int, int] | None:
+    """Paint ``spans`` onto ``canvas`` (H, W, 3) in ``color``; returns the touched box (r0, r1, c0, c1)."""
+    rows, a, b = spans
+    h, w = canvas.shape[:2]
+    a = np.maximum(a, 0)
+    b = np.minimum(b, w - 1)
+    ok = (rows >= 0) & (rows < h) & (a <= b)
+    if not ok.all():
+        rows, a, b = rows[ok], a[ok], b[ok]
+    if rows.size == 0:
+        return None
+    r0, r1 = int(rows.min()), int(rows.max()) + 1
+    c0, c1 = int(a.min()), int(b.max()) + 1
+    bw = c1 - c0 + 1
+    # Difference array: +1 where a span starts, -1 after it ends; a running sum marks covered pixels.
+    size = (r1 - r0) * bw
+    base = (rows - r0) * bw
+    diff = np.bincount(base + (a - c0), minlength=size) - np.bincount(base + (b - c0 + 1), minlength=size)
+    mask = np.cumsum(diff.reshape(r1 - r0, bw), axis=1)[:, :-1] > 0
+    canvas[r0:r1, c0:c1][mask] = color
+    return r0, r1, c0, c1
+
+
+def aaline(canvas: np.ndarray, color: tuple[int, int, int], x0: float, y0: float, x1: float, y1: float) -> list[tuple[int, int]]:
+    """Blend pygame's anti-aliased line (``draw_aaline`` with blend) into ``canvas``; returns touched pixels.
+
+    pygame computes this in single precision; float32 arithmetic is used so the blended bytes match.
+    """
+    f = np.float32
+    h, w = canvas.shape[:2]
+    touched: list[tuple[int, int]] = []
+
+    def plot(px: int, py: int, brightness) -> None:
+        if 0 <= px < w and 0 <= py < h:
+            bg = canvas[py, px]
+            br = f(brightness)
+            for ch in range(3):
+                canvas[py, px, ch] = int(br * f(color[ch]) + (f(1) - br) * f(bg[ch]))
+            touched.append((py, px))
+
+    from_x, from_y, to_x, to_y = f(x0), f(y0), f(x1), f(y1)
+    dx, dy = to_x - from_x, to_y - from_y
+    if abs(dx) < 0.0001 and abs(dy) < 0.0001:
+        plot(int(np.floor(from_x + f(0.5))), int(np.floor(from_y + f(0.5))), f(1))
+        return touched
+    steep = abs(dx) < abs(dy)
+    if steep:
+        from_x, from_y, to_x, to_y, dx, dy = from_y, from_x, to_y, to_x, dy, dx
+    if dx < 0:
+        from_x, to_x, from_y, to_y = to_x, from_x, to_y, from_y
+        dx, dy = -dx, -dy
+    # Endpoints are integer pixels inside the canvas here, so pygame's clipping never changes them.
+    gradient = f(dy / dx)
+    from_y = from_y + f(1)
+    to_y = to_y + f(1)
+
+    def put(major: int, minor: int, brightness) -> None:
+        if steep:
+            plot(minor, major, brightness)
+        else:
+            plot(major, minor, brightness)
+
+    x_start = int(from_x)
+    y_end = intersect_y = f(from_y + gradient * f(x_start - from_x))
+    x_gap = f(f(1) + f(x_start) - from_x)
+    brightness = f(y_end - f(int(y_end)))
+    if int(y_end) < y_end:
+        put(x_start, int(y_end), brightness * x_gap)
+    put(x_start, int(y_end) - 1, f(f(1) - brightness) * x_gap)
+    intersect_y = f(intersect_y + gradient)
+    x_start += 1
+
+    x_end = int(np.ceil(to_x))
+    y_end = f(to_y + gradient * f(x_end - to_x))
+    x_gap = f(f(1) - f(x_end) + to_x)
+    brightness = f(y_end - f(int(y_end)))
+    if int(y_end) < y_end:
+        put(x_end, int(y_end), brightness * x_gap)
+    put(x_end, int(y_end) - 1, f(f(1) - brightness) * x_gap)
+
+    for x in range(x_start, x_end):
+        yi = int(intersect_y)
+        brightness = f(f(1) - intersect_y + f(yi))
+        put(x, yi - 1, brightness)
+        if yi < intersect_y:
+            put(x, yi, f(f(1) - brightness))
+        intersect_y = f(intersect_y + gradient)
+    return touched
+
+
+# -- batched versions: many primitives per numpy call, for per-frame drawing -------------------------
+
+
+def fillpoly_spans_batch(xs: np.ndarray, ys: np.ndarray) -> tuple[Spans, np.ndarray]:
+    """:func:`fillpoly_spans` for P polygons of n integer points each (``xs, ys`` (P, n)); also returns
+    the polygon index of every span. Polygons must be more than one pixel high."""
+    xs = np.asarray(xs, dtype=np.int64)
+    ys = np.asarray(ys, dtype=np.int64)
+    n_poly, n = xs.shape
+    miny, maxy = ys.min(axis=1), ys.max(axis=1)
+    prev = np.r_[n - 1, 0 : n - 1]
+    px, py = xs[:, prev], ys[:, prev]
+    down = py < ys
+    flat = py == ys
+    x1, y1 = np.where(down, px, xs), np.where(down, py, ys)
+    x2, y2 = np.where(down, xs, px), np.where(down, ys, py)
+    height = int((maxy - miny).max()) + 1
+    rows = miny[:, None] + np.arange(height)[None, :]  # (P, H)
+    r = rows[:, :, None]
+    hit = ((r >= y1[:, None, :]) & (r < y2[:, None, :])) | ((r == maxy[:, None, None]) & (y2 == maxy[:, None])[:, None, :])
+    hit &= ~flat[:, None, :] & (rows <= maxy[:, None])[:, :, None]
+    xi = (r - y1[:, None, :]) * (x2 - x1)[:, None, :] // np.maximum(y2 - y1, 1)[:, None, :] + x1[:, None, :]
+    xi = np.sort(np.where(hit, xi, np.iinfo(np.int64).max), axis=2)
+    count = hit.sum(axis=2)
+    poly = np.broadcast_to(np.arange(n_poly)[:, None], rows.shape)
+    out_r, out_a, out_b, out_p = [], [], [], []
+    for k in range(0, min(n, 4), 2):  # convex polygons cross a row at most twice (4 with spikes)
+        sel = count >= k + 2
+        out_r.append(rows[sel])
+        out_a.append(xi[..., k][sel])
+        out_b.append(xi[..., k + 1][sel])
+        out_p.append(poly[sel])
+    mid = flat & (ys > miny[:, None]) & (ys < maxy[:, None])
+    if mid.any():
+        out_r.append(ys[mid])
+        out_a.append(np.minimum(xs, px)[mid])
+        out_b.append(np.maximum(xs, px)[mid])
+        out_p.append(np.broadcast_to(np.arange(n_poly)[:, None], xs.shape)[mid])
+    return (np.concatenate(out_r), np.concatenate(out_a), np.concatenate(out_b)), np.concatenate(out_p)
+
+
+def fat_segments_batch(a: np.ndarray, b: np.ndarray, radius: float) -> tuple[Spans, np.ndarray]:
+    """:func:`fat_segment_spans` for P segments (``a, b`` (P, 2) float, radius > 1); also returns each
+    span's segment index."""
+    p1 = np.rint(a).astype(np.int64)
+    p2 = np.rint(b).astype(np.int64)
+    width = round(max(1, radius * 2))
+    lo, hi = (width - 1) // 2, width // 2
+    x1, y1, x2, y2 = p1[:, 0], p1[:, 1], p2[:, 0], p2[:, 1]
+    dx, dy = np.abs(x2 - x1), np.abs(y2 - y1)
+    sx, sy = np.where(x1 < x2, 1, -1), np.where(y1 < y2, 1, -1)
+    n = np.maximum(dx, dy)
+    k = np.arange(int(n.max()) + 1)[None, :]
+    valid = k <= n[:, None]
+    xmajor = (dx > dy)[:, None]
+    # Closed-form Bresenham (see bresenham()): steps along the minor axis after k major steps.
+    minor_x = -(((dx // 2)[:, None] - k * dy[:, None]) // np.maximum(dx, 1)[:, None])
+    minor_y = -(((dy // 2)[:, None] - k * dx[:, None]) // np.maximum(dy, 1)[:, None])
+    bx = x1[:, None] + sx[:, None] * np.where(xmajor, k, minor_y)
+    by = y1[:, None] + sy[:, None] * np.where(xmajor, minor_x, k)
+    seg = np.broadcast_to(np.arange(len(a))[:, None], bx.shape)
+    horiz = valid & ~xmajor  # |dx| <= |dy|: thickness grows along x, one span per point
+    vert = valid & xmajor
+    offs = np.arange(-lo, hi + 1)
+    out_r = [by[horiz], (by[vert][:, None] + offs).ravel()]
+    out_a = [bx[horiz] - lo, np.repeat(bx[vert], offs.size)]
+    out_b = [bx[horiz] + hi, np.repeat(bx[vert], offs.size)]
+    out_s = [seg[horiz], np.repeat(seg[vert], offs.size)]
+    if width > 2:
+        o0, o1 = dy, dx  # the reference's absolute-valued "orthogonal" offset
+        live = (o0 > 0) | (o1 > 0)
+        scale = radius / np.sqrt((o0 * o0 + o1 * o1).astype(np.float64))
+        o0 = np.rint(o0 * scale).astype(np.int64)
+        o1 = np.rint(o1 * scale).astype(np.int64)
+        qx = np.stack([x1 - o0, x1 + o0, x2 + o0, x2 - o0, x1 - o0], axis=1)[live]
+        qy = np.stack([y1 - o1, y1 + o1, y2 + o1, y2 - o1, y1 - o1], axis=1)[live]
+        (qr, qa, qb), qi = fillpoly_spans_batch(qx, qy)
+        ids = np.nonzero(live)[0]
+        out_r.append(qr), out_a.append(qa), out_b.append(qb), out_s.append(ids[qi])
+        cr, ca, cb = _circle_table(round(radius))
+        for cx, cy in ((x1, y1), (x2, y2)):
+            out_r.append((cy[live][:, None] + cr).ravel())
+            out_a.append((cx[live][:, None] + ca).ravel())
+            out_b.append((cx[live][:, None] + cb).ravel())
+            out_s.append(np.repeat(ids, cr.size))
+    spans = (np.concatenate(out_r), np.concatenate(out_a), np.concatenate(out_b))
+    return spans, np.concatenate(out_s)
+
+
+def layer_masks(spans: Spans, layer: np.ndarray, n_layers: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """Rasterise spans tagged with a layer index into boolean masks (n_layers, h, w) over their common box.
+
+    Returns the box (r0, r1, c0, c1) in canvas coordinates and the masks.
+    """
+    rows, a, b = spans
+    r0, r1 = int(rows.min()), int(rows.max()) + 1
+    c0, c1 = int(a.min()), int(b.max()) + 1
+    h, bw = r1 - r0, c1 - c0 + 1
+    base = (layer * h + (rows - r0)) * bw
+    size = n_layers * h * bw
+    diff = np.bincount(base + (a - c0), minlength=size) - np.bincount(base + (b - c0 + 1), minlength=size)
+    masks = np.cumsum(diff.reshape(n_layers, h, bw), axis=2)[:, :, :-1] > 0
+    return (r0, r1, c0, c1), masks
+
+
+# -- fast paths for convex quadrilaterals and thick lines, used to draw the block every frame -------
+
+
+def convex_rows(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row spans of P convex integer polygons (``xs, ys`` (P, n)) filled by pygame's rule.
+
+    A convex polygon crosses every scanline exactly twice under pygame's half-open edge rule, so its
+    span on a row is [min, max] of the intersections and no sorting or horizontal-edge pass is needed.
+    Returns the first row per polygon (P,), and left / right columns (P, H), with left > right on
+    rows a polygon does not reach.
+    """
+    xs_t, ys_t = xs.T, ys.T  # edges on the first axis keeps every array op long and contiguous
+    px, py = np.roll(xs_t, 1, axis=0), np.roll(ys_t, 1, axis=0)
+    down = py < ys_t
+    x1 = np.where(down, px, xs_t)[:, :, None]
+    y1 = np.where(down, py, ys_t)[:, :, None]
+    x2 = np.where(down, xs_t, px)[:, :, None]
+    y2 = np.where(down, ys_t, py)[:, :, None]
+    miny, maxy = ys.min(axis=1), ys.max(axis=1)
+    rows = (miny[:, None] + np.arange(int((maxy - miny).max()) + 1))[None]  # (1, P, H)
+    mx = maxy[None, :, None]
+    hit = ((rows >= y1) & (rows < y2)) | ((rows == mx) & (y2 == mx) & (y1 != y2))
+    # floor((r - y1) * dx / dy) computed in float32 is exact: the numerator is an integer below 2**24
+    # and a non-integer quotient lies at least 1/dy from the nearest integer.
+    num = ((rows - y1) * (x2 - x1)).astype(np.float32)
+    xi = np.floor(num / np.maximum(y2 - y1, 1).astype(np.float32)) + x1.astype(np.float32)
+    left = np.minimum.reduce(np.where(hit, xi, np.float32(1e9)), axis=0)
+    right = np.maximum.reduce(np.where(hit, xi, np.float32(-1e9)), axis=0)
+    return miny, left.astype(np.int64), right.astype(np.int64)
+
+
+def spans_to_pixels(rows: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expand spans (inclusive, possibly empty when a > b) into pixel coordinates."""
+    lengths = np.maximum(b - a + 1, 0)
+    total = int(lengths.sum())
+    starts = np.cumsum(lengths) - lengths
+    offset = np.arange(total) - np.repeat(starts, lengths)
+    return np.repeat(rows, lengths), np.repeat(a, lengths) + offset
+
+
+def thick_lines_pixels(p1: np.ndarray, p2: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels of pygame's ``draw_line_width`` for P integer segments ``p1 -> p2`` ((P, 2) each).
+
+    Returns rows and cols, segment by segment in order, and the pixel count per segment.
+    """
+    x1, y1, x2, y2 = p1[:, 0:1], p1[:, 1:2], p2[:, 0:1], p2[:, 1:2]
+    dx, dy = np.abs(x2 - x1), np.abs(y2 - y1)
+    xmajor = dx > dy
+    n, m = np.maximum(dx, dy), np.minimum(dx, dy)
+    k = np.arange(int(n.max()) + 1)[None, :]
+    # Closed-form Bresenham (see bresenham()): ceil((k*m - n//2) / n) steps along the minor axis,
+    # exact in float32 because the numerator is a small integer.
+    minor = -np.floor((n // 2 - k * m).astype(np.float32) / np.maximum(n, 1).astype(np.float32)).astype(np.int64)
+    bx = x1 + np.where(x1 < x2, 1, -1) * np.where(xmajor, k, minor)
+    by = y1 + np.where(y1 < y2, 1, -1) * np.where(xmajor, minor, k)
+    offs = np.arange(-((width - 1) // 2), width // 2 + 1)
+    # Thickness grows across the minor axis: along x for steep lines, along y for flat ones.
+    gy = xmajor[:, :, None].astype(np.int64)
+    rows = by[:, :, None] + offs * gy
+    cols = bx[:, :, None] + offs * (1 - gy)
+    keep = np.broadcast_to((k <= n)[:, :, None], rows.shape)
+    return rows[keep], cols[keep], (n[:, 0] + 1) * offs.size
+
+
+@lru_cache(maxsize=None)
+def disc_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel offsets (rows, cols) of pygame's filled circle of integer ``radius`` around (0, 0)."""
+    r, c = spans_to_pixels(*_circle_table(radius))
+    mask = np.zeros((2 * radius + 2, 2 * radius + 2), dtype=bool)
+    mask[r + radius + 1, c + radius + 1] = True  # de-duplicate overlapping spans
+    rr, cc = np.nonzero(mask)
+    rr, cc = rr - radius - 1, cc - radius - 1
+    rr.setflags(write=False)
+    cc.setflags(write=False)
+    return rr, cc

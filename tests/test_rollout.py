@@ -1,0 +1,114 @@
+"""The vectorised rollout runner against a hand-run rollout, its videos, and a crashing worker."""
+
+import os
+from collections import deque
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from envs.pusht import PushTEnv
+from fibpolicy.rollout import EpisodeSpec, RolloutRunner, protocol_episodes
+from fibpolicy.rollout.video import read_mp4
+
+
+class DriftPolicy:
+    """Deterministic: each action steps from the latest agent position towards (256, 256) + offsets."""
+
+    def predict_action(self, obs):
+        pos = obs["agent_pos"][:, -1].double()  # (B, 2) latest observation
+        steps = torch.arange(1, 9, dtype=torch.float64)[None, :, None]
+        return {"action": pos[:, None, :] + 6.0 * steps * torch.sign(256.0 - pos)[:, None, :]}
+
+
+def identity(obs):
+    return {"agent_pos": obs["agent_pos"]}
+
+
+def _manual(seed, max_steps, n_obs=2, n_act=8):
+    env = PushTEnv(obs_type="pixels_agent_pos")
+    obs, _ = env.reset(seed=seed)
+    history = deque([obs] * n_obs, maxlen=n_obs)
+    policy, best, steps = DriftPolicy(), 0.0, 0
+    while steps < max_steps:
+        agent = torch.as_tensor(np.stack([h["agent_pos"] for h in history])[None])
+        actions = policy.predict_action({"agent_pos": agent})["action"][0].numpy()
+        for a in actions[:n_act]:
+            if steps >= max_steps:
+                break
+            obs, reward, terminated, _, _ = env.step(a)
+            history.append(obs)
+            steps += 1
+            best = max(best, reward)
+            if terminated:
+                return best, steps
+    return best, steps
+
+
+def test_runner_matches_a_hand_run_rollout_and_films(tmp_path):
+    episodes = [EpisodeSpec(3, "train", record_video=True), EpisodeSpec(100000, "test"), EpisodeSpec(100001, "test")]
+    runner = RolloutRunner(
+        partial(PushTEnv, obs_type="pixels_agent_pos", render_mode="rgb_array"), episodes,
+        obs_transform=identity, n_envs=2, max_steps=20, video_dir=tmp_path, progress=False,
+    )
+    result = runner.run(DriftPolicy(), tag="e0_")
+    for ep in result.episodes:
+        score, length = _manual(ep.seed, 20)
+        assert ep.error is None
+        assert ep.score == pytest.approx(score) and ep.length == length
+    metrics = result.metrics()
+    assert metrics["test/n_episodes"] == 2 and metrics["train/n_episodes"] == 1
+    assert metrics["test/mean_score"] == pytest.approx(np.mean([e.score for e in result.episodes[1:]]))
+    video = result.episodes[0].video
+    assert video.endswith("e0_train_seed3.mp4")
+    frames = read_mp4(video)
+    assert frames.shape[0] == result.episodes[0].length + 1 and frames.shape[-1] == 3
+    assert result.episodes[1].video is None
+
+
+class FlakyPushT(PushTEnv):
+    """Fails in step for seed 13, as a broken simulator would: raising, or killing its process."""
+
+    def __init__(self, how="raise", **kwargs):
+        super().__init__(**kwargs)
+        self.how = how
+
+    def reset(self, *, seed=None, options=None):
+        self._bad = seed == 13
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self._bad:
+            if self.how == "exit":
+                os._exit(3)
+            raise RuntimeError("simulator exploded")
+        return super().step(action)
+
+
+@pytest.mark.parametrize("how, message", [("raise", "simulator exploded"), ("exit", "Error")])
+def test_a_crashing_worker_is_reported_with_its_seed_and_the_rest_completes(how, message):
+    episodes = [EpisodeSpec(s) for s in (11, 13, 17, 19)]
+    runner = RolloutRunner(
+        partial(FlakyPushT, how=how, obs_type="pixels_agent_pos"), episodes, obs_transform=identity,
+        n_envs=2, max_steps=8, context="fork", progress=False, step_timeout_s=30,
+    )
+    result = runner.run(DriftPolicy())
+    by_seed = {e.seed: e for e in result.episodes}
+    assert message in by_seed[13].error
+    assert all(by_seed[s].error is None and by_seed[s].length == 8 for s in (11, 17, 19))
+    assert result.metrics()["test/n_crashed"] == 1 and result.metrics()["test/n_episodes"] == 3
+
+
+def test_protocol_episodes_are_the_reference_seeds():
+    eps = protocol_episodes()
+    assert [e.seed for e in eps if e.prefix == "train"] == list(range(6))
+    assert [e.seed for e in eps if e.prefix == "test"] == list(range(100000, 100050))
+    assert sum(e.record_video for e in eps) == 3
+
+
+def test_runner_argument_errors():
+    with pytest.raises(ValueError, match="no episodes"):
+        RolloutRunner(PushTEnv, [], obs_transform=identity)
+    with pytest.raises(ValueError, match=">= 1"):
+        RolloutRunner(PushTEnv, [EpisodeSpec(0)], obs_transform=identity, n_action_steps=0)

@@ -13,15 +13,14 @@ repeats) and the peak memory of one forward+backward of the attention op, for:
   every call (generously, one slice assignment per diagonal rather than per element);
 - each backend of ``fibpolicy.attention`` and ``auto``.
 
-Peak memory on CPU is the growth of the peak resident set of a fresh process running the op once
-(inputs allocated and per-shape caches built beforehand); on CUDA it is ``torch.cuda.max_memory_allocated`` above the inputs.
+Peak memory on CPU is the growth of the peak resident set (VmHWM) of a fresh process running the op
+once, over its resident set with inputs allocated and per-shape caches built; on CUDA it is ``torch.cuda.max_memory_allocated`` above the inputs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -124,6 +123,13 @@ def warm_caches(method: str, tokens: int, pattern: FibPattern, mode: str, device
         diagonal_plan(pattern, tokens - 1)
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def _peak_child(method: str, tokens: int, mode: str, device: str, dtype_name: str) -> None:
     dtype = getattr(torch, dtype_name)
     inputs, grad = make_inputs(tokens, device, dtype)
@@ -134,9 +140,12 @@ def _peak_child(method: str, tokens: int, mode: str, device: str, dtype_name: st
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        # getrusage's ru_maxrss inherits the parent's size across fork + exec; VmHWM, reset through
+        # clear_refs, is this process's own peak.
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_kib("VmRSS") * 1024
     time_once(method, inputs, grad, pattern, mode, device, True)
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _status_kib("VmHWM") * 1024
     print(json.dumps((peak - base) / 2**20))
 
 

@@ -77,6 +77,21 @@ class PushTSim:
         self.contacts = []
         self.space.step(DT)
 
+    def place(self, agent_pos: np.ndarray, agent_vel: np.ndarray, block_pose: np.ndarray) -> None:
+        """Put agent and block exactly at the given positions (block origin pose), bodies at rest, no step.
+
+        For planning on a scratch copy: unlike :meth:`set_state` it neither rotates the block about its
+        centre of gravity after placing it nor advances time.
+        """
+        self.agent.position = (float(agent_pos[0]), float(agent_pos[1]))
+        self.agent.velocity = (float(agent_vel[0]), float(agent_vel[1]))
+        self.block.angle = float(block_pose[2])
+        self.block.position = (float(block_pose[0]), float(block_pose[1]))
+        self.block.velocity = (0.0, 0.0)
+        self.block.angular_velocity = 0.0
+        self.n_contact_points = 0
+        self.contacts = []
+
     def step(self, action: tuple[float, float]) -> None:
         """Advance one control step (10 substeps) with the agent PD-tracking the target ``action``."""
         tx, ty = float(action[0]), float(action[1])

@@ -12,12 +12,7 @@ TINY_VIT = dict(model_name="vit_fib_tiny_patch16_224", patch_size=12, embed_dim=
 TINY_UNET = dict(down_dims=(16, 32), diffusion_step_embed_dim=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def normalizer_for(shape_meta, low=100.0, high=400.0):

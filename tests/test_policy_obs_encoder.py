@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+
+from fibpolicy.encoders import count_parameters
 import torch.nn as nn
 
 from fibpolicy.encoders import ResNet18GNEncoder, ViTFeatureEncoder
@@ -24,16 +26,8 @@ ROBOMIMIC = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def count(module):
-    return sum(p.numel() for p in module.parameters())
 
 
 def position_images(n, size=96):
@@ -79,8 +73,8 @@ def test_shared_vs_separate_encoders_and_robomimic_keys():
     separate = MultiImageObsEncoder(ROBOMIMIC, image_encoder="vit_dense", image_encoder_kwargs=TINY_VIT, crop_shape=76)
     shared = MultiImageObsEncoder(ROBOMIMIC, image_encoder="vit_dense", image_encoder_kwargs=TINY_VIT, crop_shape=76,
                                   share_encoder=True)
-    single = count(separate.encoder_for("agentview_image"))
-    assert count(separate) == 2 * single and count(shared) == single
+    single = count_parameters(separate.encoder_for("agentview_image"))
+    assert count_parameters(separate) == 2 * single and count_parameters(shared) == single
     assert separate.encoder_for("agentview_image") is not separate.encoder_for("robot0_eye_in_hand_image")
     assert shared.encoder_for("agentview_image") is shared.encoder_for("robot0_eye_in_hand_image")
     assert len(shared.state_dict()) == len(separate.state_dict()) // 2  # no duplicated (aliased) tensors
@@ -111,10 +105,10 @@ def test_named_encoders_module_and_factory():
     from_module = MultiImageObsEncoder(two_cams, image_encoder=Tiny(), crop_shape=None)
     from_factory = MultiImageObsEncoder(two_cams, image_encoder=Tiny, crop_shape=None, share_encoder=True)
     assert from_module.output_dim == from_factory.output_dim == 8
-    assert count(from_module) == 2 * count(from_factory)
+    assert count_parameters(from_module) == 2 * count_parameters(from_factory)
 
     lowdim = MultiImageObsEncoder({"obs": {"keypoint": {"shape": [9, 2]}, "agent_pos": {"shape": [2]}}, "action": {"shape": [2]}})
-    assert lowdim.output_dim == 20 and count(lowdim) == 0
+    assert lowdim.output_dim == 20 and count_parameters(lowdim) == 0
     x = {"keypoint": torch.randn(5, 9, 2), "agent_pos": torch.randn(5, 2)}
     torch.testing.assert_close(lowdim(x), torch.cat([x["keypoint"].reshape(5, 18), x["agent_pos"]], 1))
 

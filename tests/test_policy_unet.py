@@ -5,20 +5,12 @@ import math
 import pytest
 import torch
 
+from fibpolicy.encoders import count_parameters
 from fibpolicy.policy import ConditionalUnet1D, SinusoidalPosEmb
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny convolutions are ~25x slower with 2 OpenMP threads on this shared 2-core machine
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def count(module):
-    return sum(p.numel() for p in module.parameters())
 
 
 @pytest.mark.parametrize("down_dims", [(16,), (16, 32), (16, 32, 64)])
@@ -47,8 +39,8 @@ def test_reference_sizes():
     with torch.device("meta"):
         image = ConditionalUnet1D(input_dim=2, global_cond_dim=(64 + 2) * 2)  # PushT image: ResNet 64 + agent_pos 2
         lowdim = ConditionalUnet1D(input_dim=2, global_cond_dim=20 * 2, diffusion_step_embed_dim=256, down_dims=(256, 512, 1024))
-    assert count(image) == 251_511_938  # "~256 M" in the spec
-    assert count(lowdim) == 65_783_298
+    assert count_parameters(image) == 251_511_938  # "~256 M" in the spec
+    assert count_parameters(lowdim) == 65_783_298
     # FiLM: each block's Linear(cond, 2C) reads the 128-d step embedding plus the 132-d obs vector
     film = image.down_modules[0][0].cond_encoder[1]
     assert (film.in_features, film.out_features) == (128 + 132, 2 * 512)

@@ -8,12 +8,7 @@ from fibpolicy.encoders import ResNet18GNEncoder
 from fibpolicy.encoders.resnet import SpatialSoftmax, replace_batchnorm_with_groupnorm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_groupnorm_everywhere_and_output_shape():

@@ -53,8 +53,11 @@ _ACTION = ArraySpec((2,), "float", "(n, 2) float actions (agent target x, y)")
 _KEYPOINT = ArraySpec((None, 2), "float", "(n, K, 2) float block keypoints")
 
 
-class PushTImageDataset(SequenceDataset):
-    """Image observations (one camera, ``image``) plus ``agent_pos``; the reference image PushT dataset."""
+class _PushTDataset(SequenceDataset):
+    """Shared constructor: ``OBS_KEY`` (images or keypoints) plus ``state`` and ``action`` from the store."""
+
+    OBS_KEY: str = ""
+    SPECS: dict[str, ArraySpec] = {}
 
     def __init__(
         self,
@@ -68,18 +71,30 @@ class PushTImageDataset(SequenceDataset):
         in_memory: bool = True,
         load_full_obs: bool = False,
     ) -> None:
-        buffer = ReplayBuffer.open(
-            zarr_path, keys=["img", "state", "action"], in_memory=in_memory,
-            specs={"img": _IMAGE, "state": _STATE, "action": _ACTION},
-        )
+        keys = [self.OBS_KEY, "state", "action"]
+        buffer = ReplayBuffer.open(zarr_path, keys=keys, in_memory=in_memory, specs={k: self.SPECS[k] for k in keys})
         super().__init__(
-            buffer, keys=["img", "state", "action"], obs_keys=["img", "state"], horizon=horizon,
+            buffer, keys=keys, obs_keys=[self.OBS_KEY, "state"], horizon=horizon,
             n_obs_steps=n_obs_steps, n_action_steps=n_action_steps, val_ratio=val_ratio,
             max_train_episodes=max_train_episodes, seed=seed, load_full_obs=load_full_obs,
         )
+        self.shape_meta = self._shape_meta(buffer)
+
+    def _shape_meta(self, buffer: ReplayBuffer) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class PushTImageDataset(_PushTDataset):
+    """Image observations (one camera, ``image``) plus ``agent_pos``; the reference image PushT dataset."""
+
+    OBS_KEY = "img"
+    SPECS = {"img": _IMAGE, "state": _STATE, "action": _ACTION}
+
+    def _shape_meta(self, buffer: ReplayBuffer) -> dict[str, Any]:
         height, width = buffer["img"].shape[1:3]
-        self.shape_meta = copy.deepcopy(PUSHT_IMAGE_SHAPE_META)
-        self.shape_meta["obs"]["image"]["shape"] = [3, int(height), int(width)]
+        meta = copy.deepcopy(PUSHT_IMAGE_SHAPE_META)
+        meta["obs"]["image"]["shape"] = [3, int(height), int(width)]
+        return meta
 
     def _to_sample(self, window: Mapping[str, np.ndarray]) -> dict[str, Any]:
         # numpy, not torch: no OpenMP threads for a few small arrays (much faster on a busy CPU)
@@ -104,33 +119,16 @@ class PushTImageDataset(SequenceDataset):
         return normalizer
 
 
-class PushTLowdimDataset(SequenceDataset):
+class PushTLowdimDataset(_PushTDataset):
     """Block keypoints (flattened, 18) and ``agent_pos`` (2): the reference's 20-d low-dim PushT observation."""
 
-    def __init__(
-        self,
-        zarr_path: str | os.PathLike,
-        horizon: int = 16,
-        n_obs_steps: int = 2,
-        n_action_steps: int = 8,
-        val_ratio: float = 0.02,
-        max_train_episodes: int | None = None,
-        seed: int = 42,
-        in_memory: bool = True,
-        load_full_obs: bool = False,
-    ) -> None:
-        buffer = ReplayBuffer.open(
-            zarr_path, keys=["keypoint", "state", "action"], in_memory=in_memory,
-            specs={"keypoint": _KEYPOINT, "state": _STATE, "action": _ACTION},
-        )
-        super().__init__(
-            buffer, keys=["keypoint", "state", "action"], obs_keys=["keypoint", "state"], horizon=horizon,
-            n_obs_steps=n_obs_steps, n_action_steps=n_action_steps, val_ratio=val_ratio,
-            max_train_episodes=max_train_episodes, seed=seed, load_full_obs=load_full_obs,
-        )
-        n_kp = int(buffer["keypoint"].shape[1])
-        self.shape_meta = copy.deepcopy(PUSHT_LOWDIM_SHAPE_META)
-        self.shape_meta["obs"]["keypoint"]["shape"] = [2 * n_kp]
+    OBS_KEY = "keypoint"
+    SPECS = {"keypoint": _KEYPOINT, "state": _STATE, "action": _ACTION}
+
+    def _shape_meta(self, buffer: ReplayBuffer) -> dict[str, Any]:
+        meta = copy.deepcopy(PUSHT_LOWDIM_SHAPE_META)
+        meta["obs"]["keypoint"]["shape"] = [2 * int(buffer["keypoint"].shape[1])]
+        return meta
 
     def _to_sample(self, window: Mapping[str, np.ndarray]) -> dict[str, Any]:
         keypoint = window["keypoint"]

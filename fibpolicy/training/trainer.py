@@ -93,6 +93,7 @@ class Trainer:
         optimizer: Callable[[nn.Module], torch.optim.Optimizer] = default_optimizer,
         lr_scheduler: str = "cosine",
         lr_warmup_steps: int = 500,
+        lr_warmup_epochs: float | None = None,
         num_epochs: int = 1,
         max_steps: int | None = None,
         batch_size: int = 64,
@@ -143,9 +144,9 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.sampler) / batch_size)
         total = self.steps_per_epoch * num_epochs if max_steps is None else min(max_steps, self.steps_per_epoch * num_epochs)
         self.total_steps = total
-        self.lr_scheduler = get_scheduler(
-            lr_scheduler, self.optimizer, num_warmup_steps=lr_warmup_steps, num_training_steps=total
-        )
+        # Classification recipes state warm-up in epochs, policy recipes in steps.
+        warmup = round(lr_warmup_epochs * self.steps_per_epoch) if lr_warmup_epochs is not None else lr_warmup_steps
+        self.lr_scheduler = get_scheduler(lr_scheduler, self.optimizer, num_warmup_steps=warmup, num_training_steps=total)
         self.ema = ema(self.model) if ema is not None else None
         self.forward = _LossForward(self.model)
         if self.dist.distributed:

@@ -154,7 +154,9 @@ class _ReplayBufferWriter:
             ("episode_seeds", self.seeds, np.int64),
             ("episode_success", self.success, bool),
         ):
-            arr = meta.create_array(name, shape=(len(values),), chunks=(max(1, len(values)),), dtype=dtype, compressors=None)
+            arr = meta.create_array(
+                name, shape=(len(values),), chunks=(max(1, len(values)),), dtype=dtype, compressors=None
+            )
             if values:
                 arr[:] = np.asarray(values, dtype=dtype)
         self.root.attrs.update({"generator": "envs.pusht.demos", "env": "fibpolicy/PushT-v0", "legacy": True})

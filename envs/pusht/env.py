@@ -23,7 +23,13 @@ def reference_reset_state(seed: int | None) -> np.ndarray:
     rs = np.random.RandomState(seed=seed)
     # Drawn in this order; the angle is Gaussian (randn * 2pi - pi), not uniform.
     return np.array(
-        [rs.randint(50, 450), rs.randint(50, 450), rs.randint(100, 400), rs.randint(100, 400), rs.randn() * 2 * np.pi - np.pi]
+        [
+            rs.randint(50, 450),
+            rs.randint(50, 450),
+            rs.randint(100, 400),
+            rs.randint(100, 400),
+            rs.randn() * 2 * np.pi - np.pi,
+        ]
     )
 
 

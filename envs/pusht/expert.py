@@ -9,19 +9,26 @@ around the block's inflated convex hull, followed with a short look-ahead so the
 far ahead of the agent); (4) pushes; (5) backs off and plans again. Because every executed push was
 checked in simulation, the block's distance to the goal shrinks almost every cycle.
 
-The motion resembles teleoperation: targets stay within a few centimetres of the agent, speeds are
-bounded, and the agent moves around the block rather than through it.
+The motion resembles teleoperation: the target leads the agent like a cursor (never more than 40 px
+ahead), speeds are bounded, and the agent walks around the block rather than through it.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import heapq
 import math
+import multiprocessing as mp
+import sys
+import time
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import shapely
 from shapely.geometry import LineString, Point, Polygon
+from tqdm import tqdm
 
 from envs.pusht import geometry as geo
 from envs.pusht.sim import PushTSim
@@ -60,12 +67,12 @@ class ExpertConfig:
     max_nav_steps: int = 60  # give up on a walk that takes longer than this and plan again
 
 
+_GOAL_VERTS = geo.to_world(_VERTS, geo.GOAL_POSE)
+
+
 def pose_error(pose: np.ndarray) -> float:
     """Mean distance (px) between the block's part vertices and the goal T's."""
     return float(np.linalg.norm(geo.to_world(_VERTS, pose) - _GOAL_VERTS, axis=1).mean())
-
-
-_GOAL_VERTS = geo.to_world(_VERTS, geo.GOAL_POSE)
 
 
 @dataclass
@@ -92,7 +99,6 @@ class PushTExpert:
         self._path: np.ndarray | None = None
         self._step_in_mode = 0
         self._pose_at_plan: np.ndarray | None = None
-        self._last_target: np.ndarray | None = None
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -104,15 +110,15 @@ class PushTExpert:
         target = None
         for _ in range(3):  # a mode may hand over to the next one within the same step
             if self._mode == "plan":
-                self._plan(agent_pos, agent_vel, block_pose)
+                self._plan(agent_pos, block_pose)
             if self._mode == "navigate":
                 target = self._navigate(agent_pos, agent_vel, block_pose)
             elif self._mode == "push":
                 target = self._push_target(agent_pos)
             elif self._mode == "retreat":
                 target = self._retreat_target(agent_pos)
-            elif self._mode == "stuck":  # no push helps from here: wait a step, then look again
-                self._mode = "plan"
+            elif self._mode == "hold":
+                self._mode = "plan"  # look again next step
                 break
             if target is not None:
                 break
@@ -122,9 +128,7 @@ class PushTExpert:
         dist = float(np.linalg.norm(offset))
         if dist > self.cfg.max_target_offset:
             target = agent_pos + offset * (self.cfg.max_target_offset / dist)
-        target = np.clip(target, 0.0, float(geo.WINDOW_SIZE))
-        self._last_target = target
-        return target
+        return np.clip(target, 0.0, float(geo.WINDOW_SIZE))
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -142,15 +146,17 @@ class PushTExpert:
         return out
 
     def _feasible_start(self, start_local: np.ndarray) -> bool:
-        """A push may start there if the agent disc fits beside the T and the workspace allows it."""
+        """A push may start there if the agent disc fits beside the T (not inside the bar/stem corners)."""
         return _TEE_LOCAL.distance(Point(start_local)) >= geo.AGENT_RADIUS + self.cfg.gap - 0.25
 
-    def _plan(self, agent_pos: np.ndarray, agent_vel: np.ndarray, block_pose: np.ndarray) -> None:
+    def _plan(self, agent_pos: np.ndarray, block_pose: np.ndarray) -> None:
+        """Choose the push with the best error reduction per step, and the path to its start."""
         cfg = self.cfg
         err0 = pose_error(block_pose)
         c, s = math.cos(block_pose[2]), math.sin(block_pose[2])
         rot = np.array([[c, -s], [s, c]])
         best: tuple[float, _Push] | None = None
+        nudge: tuple[float, _Push] | None = None  # the least harmful push, should none help
         lo, hi = geo.AGENT_RADIUS, geo.WINDOW_SIZE - geo.AGENT_RADIUS
         for point, normal in self._contacts:
             start_local = point + normal * (geo.AGENT_RADIUS + cfg.gap)
@@ -165,6 +171,8 @@ class PushTExpert:
                 errors = self._rollout(start, n_world, speed, max_steps, block_pose)
                 for j, err in enumerate(errors, start=1):
                     gain = err0 - err
+                    if nudge is None or gain > nudge[0]:
+                        nudge = (gain, _Push(start, n_world, speed, j, gain))
                     if gain < cfg.min_gain:
                         continue
                     score = gain / (nav + j + 2.0)
@@ -172,15 +180,18 @@ class PushTExpert:
                         best = (score, _Push(start, n_world, speed, j, gain))
         self._pose_at_plan = block_pose.copy()
         self._step_in_mode = 0
-        if best is None:
-            self._mode = "stuck"
-            self._push = None
+        # At a local minimum of the error no push helps; the least harmful one moves the block out of it.
+        chosen = best or nudge
+        if chosen is None:  # no push can start anywhere (block wedged in a corner): hold still
+            self._mode, self._push = "hold", None
             return
-        self._push = best[1]
+        self._push = chosen[1]
         self._path = self._find_path(agent_pos, self._push.start, self._push.normal, block_pose)
         self._mode = "navigate"
 
-    def _rollout(self, start: np.ndarray, n_world: np.ndarray, speed: float, steps: int, block_pose: np.ndarray) -> list[float]:
+    def _rollout(
+        self, start: np.ndarray, n_world: np.ndarray, speed: float, steps: int, block_pose: np.ndarray
+    ) -> list[float]:
         """Pose error after each step of a push simulated from rest at ``start``."""
         sim = PushTSim()
         sim.place(start, (0.0, 0.0), block_pose)
@@ -204,7 +215,9 @@ class PushTExpert:
 
     # -- walking around the block --------------------------------------------------------------
 
-    def _find_path(self, agent_pos: np.ndarray, start: np.ndarray, normal: np.ndarray, block_pose: np.ndarray) -> np.ndarray:
+    def _find_path(
+        self, agent_pos: np.ndarray, start: np.ndarray, normal: np.ndarray, block_pose: np.ndarray
+    ) -> np.ndarray:
         """Waypoints from the agent to the push start that keep the agent disc off the block."""
         cfg = self.cfg
         hull = Polygon(geo.to_world(_HULL_LOCAL, block_pose))
@@ -326,20 +339,84 @@ def _point_ahead(path: np.ndarray, pos: np.ndarray, lookahead: float) -> np.ndar
     return path[k] + d[k] * ((s - cum[k]) / max(lengths[k], 1e-12))
 
 
-def run_expert_episode(
-    seed: int, max_steps: int = 300, config: ExpertConfig | None = None, env=None
-) -> tuple[bool, int, float]:
-    """Run the expert in a state-observation env from ``seed``; returns (success, steps, max coverage)."""
-    from envs.pusht.env import PushTEnv
+def run_expert_episode(seed: int, max_steps: int = 300, config: ExpertConfig | None = None) -> dict[str, float]:
+    """Run the expert from ``seed`` (state observations); returns success, steps, max coverage and seconds."""
+    from envs.pusht.env import PushTEnv  # here, not at import time: env imports nothing from the expert
 
-    env = env or PushTEnv(obs_type="state")
+    start = time.perf_counter()
+    env = PushTEnv(obs_type="state")
     expert = PushTExpert(config)
     _, info = env.reset(seed=seed)
-    best = info["coverage"]
-    for t in range(1, max_steps + 1):
+    best, steps, success = info["coverage"], 0, False
+    while steps < max_steps and not success:
         action = expert.act(info["agent_pos"], info["agent_vel"], info["block_pose"])
-        _, _, terminated, _, info = env.step(action)
+        _, _, success, _, info = env.step(action)
         best = max(best, info["coverage"])
-        if terminated:
-            return True, t, best
-    return False, max_steps, best
+        steps += 1
+    return {
+        "seed": seed,
+        "success": bool(success),
+        "steps": steps,
+        "max_coverage": best,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def evaluate_expert(
+    seeds: Sequence[int], workers: int = 1, progress: bool = True, max_steps: int = 300
+) -> dict[str, Any]:
+    """Success rate of the expert over ``seeds`` (coverage > 0.95 within ``max_steps``), with per-seed results."""
+    tasks = list(seeds)
+    results = []
+    bar = tqdm(total=len(tasks), desc="PushT expert", unit="ep", disable=not progress, file=sys.stderr)
+    if workers <= 1:
+        it = (run_expert_episode(s, max_steps) for s in tasks)
+        pool = None
+    else:
+        pool = mp.get_context("spawn").Pool(processes=workers)
+        it = pool.imap(functools.partial(run_expert_episode, max_steps=max_steps), tasks)
+    try:
+        for r in it:
+            results.append(r)
+            bar.update(1)
+            bar.set_postfix(success=f"{np.mean([x['success'] for x in results]):.1%}")
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    ok = [r for r in results if r["success"]]
+    return {
+        "episodes": len(results),
+        "success_rate": len(ok) / max(1, len(results)),
+        "mean_steps_success": float(np.mean([r["steps"] for r in ok])) if ok else float("nan"),
+        "mean_seconds": float(np.mean([r["seconds"] for r in results])) if results else float("nan"),
+        "failed_seeds": [r["seed"] for r in results if not r["success"]],
+        "results": results,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m envs.pusht.expert --seeds 0:200``: measure the expert's success rate."""
+    p = argparse.ArgumentParser(prog="python -m envs.pusht.expert", description=main.__doc__)
+    p.add_argument("--seeds", default="0:200", help="seed range start:stop (default 0:200)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--max-steps", type=int, default=300, help="step limit per episode (default 300)")
+    args = p.parse_args(argv)
+    try:
+        lo, hi = (int(v) for v in args.seeds.split(":"))
+    except ValueError:
+        print(f"error: --seeds must look like start:stop, got {args.seeds!r}", file=sys.stderr)
+        return 2
+    s = evaluate_expert(range(lo, hi), workers=args.workers, max_steps=args.max_steps)
+    n_ok = s["episodes"] - len(s["failed_seeds"])
+    print(
+        f"seeds {lo}-{hi - 1}: success {s['success_rate']:.1%} ({n_ok}/{s['episodes']}), "
+        f"mean length of successes {s['mean_steps_success']:.1f} steps, {s['mean_seconds']:.2f} s per episode; "
+        f"failed seeds: {s['failed_seeds']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,7 +25,10 @@ TEE_PARTS = np.stack([BAR, STEM])  # (2, 4, 2)
 # vertex and winds the other way). pymunk's debug draw outlines edges in this order, and a Bresenham
 # line is not symmetric, so the renderer must use it to match the reference's pixels.
 TEE_DRAW_PARTS = np.array(
-    [[(-60.0, 0.0), (60.0, 0.0), (60.0, 30.0), (-60.0, 30.0)], [(-15.0, 30.0), (15.0, 30.0), (15.0, 120.0), (-15.0, 120.0)]]
+    [
+        [(-60.0, 0.0), (60.0, 0.0), (60.0, 30.0), (-60.0, 30.0)],
+        [(-15.0, 30.0), (15.0, 30.0), (15.0, 120.0), (-15.0, 120.0)],
+    ]
 )
 # Mean of the two parts' centroids (the reference's quirk), not the area centroid (0, 40.7).
 TEE_COG = (BAR.mean(axis=0) + STEM.mean(axis=0)) / 2.0

@@ -14,8 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from envs.pusht import geometry as geo
-from envs.pusht import raster
-from envs.pusht import render
+from envs.pusht import raster, render
 
 N_BLOCK_KEYPOINTS = 9
 _TEMPLATE_POSE = (256.0, 300.0, 0.0)
@@ -37,7 +36,9 @@ def local_keypoints() -> np.ndarray:
     canvas = np.full((size, size, 3), 255, dtype=np.uint8)
     for part in geo.tee_world(_TEMPLATE_POSE, draw_order=True):
         raster.paint(canvas, raster.closed_polygon_spans(part), render.BLOCK_FILL_COLOR)
-        raster.paint(canvas, raster.merge(raster.polygon_outline_spans(part, render.OUTLINE_RADIUS)), render.BLOCK_COLOR)
+        raster.paint(
+            canvas, raster.merge(raster.polygon_outline_spans(part, render.OUTLINE_RADIUS)), render.BLOCK_COLOR
+        )
     mask = (canvas != 255).any(axis=-1)
     rows, cols = np.nonzero(mask)  # row-major order, like boolean-mask indexing
     local = np.stack([cols - _TEMPLATE_POSE[0], rows - _TEMPLATE_POSE[1]], axis=-1).astype(np.float64)

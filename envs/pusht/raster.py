@@ -31,8 +31,9 @@ def fillpoly_spans(xs: np.ndarray, ys: np.ndarray) -> Spans:
     y2 = np.where(down, ys, py)[keep]
     rows = np.arange(miny, maxy + 1)[:, None]
     hit = ((rows >= y1) & (rows < y2)) | ((rows == maxy) & (y2 == maxy))
-    # pygame 2.6 rounds these intersections down (checked pixel for pixel against it).
-    xi = (rows - y1) * (x2 - x1) // (y2 - y1) + x1
+    # pygame 2.6 computes x1 + (y - y1) * dx / dy in floating point and truncates it toward zero
+    # (checked pixel for pixel against it, off-canvas polygons included).
+    xi = np.trunc((rows - y1) * (x2 - x1) / (y2 - y1) + x1).astype(np.int64)
     big = np.iinfo(np.int64).max
     xi = np.sort(np.where(hit, xi, big), axis=1)
     count = hit.sum(axis=1)
@@ -67,8 +68,11 @@ def bresenham(x1: int, y1: int, x2: int, y2: int) -> tuple[np.ndarray, np.ndarra
     return x1 + sx * minor, y1 + sy * k
 
 
-def line_width_spans(x1: int, y1: int, x2: int, y2: int, width: int) -> Spans:
+def line_width_spans(x1: int, y1: int, x2: int, y2: int, width: int, size: int = 512) -> Spans:
     """Spans of pygame's ``draw_line_width`` (a Bresenham line thickened across its minor axis)."""
+    if _needs_clipping(x1, y1, x2, y2, size):
+        rows, cols = clipped_line_width_pixels(x1, y1, x2, y2, width, size)
+        return rows, cols, cols
     bx, by = bresenham(x1, y1, x2, y2)
     lo, hi = (width - 1) // 2, width // 2
     if abs(x1 - x2) <= abs(y1 - y2):  # thickness grows along x: one horizontal span per point
@@ -77,6 +81,116 @@ def line_width_spans(x1: int, y1: int, x2: int, y2: int, width: int) -> Spans:
     rows = (by[:, None] + offsets[None, :]).ravel()
     cols = np.repeat(bx, offsets.size)
     return rows, cols, cols
+
+
+def _clip_line(x1: int, y1: int, x2: int, y2: int, size: int) -> tuple[int, int, int, int] | None:
+    """pygame's ``clip_line`` (Liang-Barsky against [0, size] with C rounding); None if fully outside."""
+    p1 = x1 - x2
+    p2 = -p1
+    p3 = y1 - y2
+    p4 = -p3
+    q1, q2, q3, q4 = x1, size - x1, y1, size - y1
+    if (p1 == 0 and q1 < 0) or (p2 == 0 and q2 < 0) or (p3 == 0 and q3 < 0) or (p4 == 0 and q4 < 0):
+        return None
+    nmax, pmin = 0.0, 1.0
+    for p, pn, qa, qb in ((p1, p2, q1, q2), (p3, p4, q3, q4)):
+        if p:
+            r1, r2 = qa / p, qb / pn
+            if p < 0:
+                nmax, pmin = max(nmax, r1), min(pmin, r2)
+            else:
+                nmax, pmin = max(nmax, r2), min(pmin, r1)
+    if nmax > pmin:
+        return None
+
+    def rnd(v: float) -> int:  # C: (int)(v < 0 ? v - 0.5 : v + 0.5)
+        return int(v - 0.5) if v < 0 else int(v + 0.5)
+
+    return x1 + rnd(p2 * nmax), y1 + rnd(p4 * nmax), x1 + rnd(p2 * pmin), y1 + rnd(p4 * pmin)
+
+
+def clipped_line_width_pixels(
+    x1: int, y1: int, x2: int, y2: int, width: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of pygame's ``draw_line_width`` on a ``size`` x ``size`` surface, clipping included.
+
+    A direct port of the C loop, used only for lines that leave the surface: pygame then restarts
+    Bresenham from the clipped end point with the unclipped error term, so its pixels differ from
+    the unclipped line's.
+    """
+    xinc = abs(x1 - x2) <= abs(y1 - y2)
+    dx, dy = abs(x2 - x1), abs(y2 - y1)
+    sx = 1 if x1 < x2 else -1
+    sy = 1 if y1 < y2 else -1
+    err = int((dx if dx > dy else -dy) / 2)  # C integer division truncates toward zero
+    end_x, end_y = x2, y2
+    clipped = _clip_line(x1, y1, x2, y2, size)
+    rows: list[int] = []
+    cols: list[int] = []
+    if clipped is None:
+        return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)
+    x1, y1, x2, y2 = clipped
+    lo, hi = (width - 1) // 2, width // 2
+    left_top, right_bottom = (x1 - lo, x1 + hi) if xinc else (y1 - lo, y1 + hi)
+
+    def sign(v: int, default: int) -> int:
+        return 1 if v > 0 else (-1 if v < 0 else default)
+
+    def inside(x: int, y: int) -> bool:
+        return 0 <= x < size and 0 <= y < size
+
+    def draw() -> None:
+        if xinc:
+            for x in range(left_top, right_bottom + 1):
+                rows.append(y1)
+                cols.append(x)
+        else:
+            for y in range(left_top, right_bottom + 1):
+                rows.append(y)
+                cols.append(x1)
+
+    while sign(x1 - x2, sx) != sx or sign(y1 - y2, sy) != sy:
+        draw()
+        e2 = err
+        if e2 > -dx:
+            err -= dy
+            x1 += sx
+            if xinc:
+                left_top, right_bottom = left_top + sx, right_bottom + sx
+        if e2 < dy:
+            err += dx
+            y1 += sy
+            if not xinc:
+                left_top, right_bottom = left_top + sy, right_bottom + sy
+    if xinc:
+        while y1 != end_y and (inside(left_top, y1) or inside(right_bottom, y1)):
+            draw()
+            e2 = err
+            if e2 > -dx:
+                err -= dy
+                x1 += sx
+                left_top, right_bottom = left_top + sx, right_bottom + sx
+            if e2 < dy:
+                err += dx
+                y1 += sy
+    else:
+        while x1 != end_x and (inside(x1, left_top) or inside(x1, right_bottom)):
+            draw()
+            e2 = err
+            if e2 > -dx:
+                err -= dy
+                x1 += sx
+            if e2 < dy:
+                err += dx
+                y1 += sy
+                left_top, right_bottom = left_top + sy, right_bottom + sy
+    draw()
+    return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64)
+
+
+def _needs_clipping(x1: int, y1: int, x2: int, y2: int, size: int) -> bool:
+    """pygame's clip changes a line only when an end point lies outside [0, size]."""
+    return not all(0 <= v <= size for v in (x1, y1, x2, y2))
 
 
 @lru_cache(maxsize=None)
@@ -188,7 +302,9 @@ def paint(canvas: np.ndarray, spans: Spans, color: tuple[int, int, int]) -> tupl
     return r0, r1, c0, c1
 
 
-def aaline(canvas: np.ndarray, color: tuple[int, int, int], x0: float, y0: float, x1: float, y1: float) -> list[tuple[int, int]]:
+def aaline(
+    canvas: np.ndarray, color: tuple[int, int, int], x0: float, y0: float, x1: float, y1: float
+) -> list[tuple[int, int]]:
     """Blend pygame's anti-aliased line (``draw_aaline`` with blend) into ``canvas``; returns touched pixels.
 
     pygame computes this in single precision; float32 arithmetic is used so the blended bytes match.
@@ -216,8 +332,29 @@ def aaline(canvas: np.ndarray, color: tuple[int, int, int], x0: float, y0: float
     if dx < 0:
         from_x, to_x, from_y, to_y = to_x, from_x, to_y, from_y
         dx, dy = -dx, -dy
-    # Endpoints are integer pixels inside the canvas here, so pygame's clipping never changes them.
+    # pygame clips against the canvas grown by one pixel on every side, in single precision.
+    clip_lo, clip_hi = f(-1), f(min(w, h))
+    if to_x <= clip_lo or from_x >= clip_hi:
+        return touched
     gradient = f(dy / dx)
+    if from_x < clip_lo:
+        from_y, from_x = f(from_y + gradient * f(clip_lo - from_x)), clip_lo
+    if to_x > clip_hi:
+        to_y, to_x = f(to_y + gradient * f(clip_hi - to_x)), clip_hi
+    if gradient > 0:
+        if to_y <= clip_lo or from_y >= clip_hi:
+            return touched
+        if from_y < clip_lo:
+            from_x, from_y = f(from_x + f(clip_lo - from_y) / gradient), clip_lo
+        if to_y > clip_hi:
+            to_x, to_y = f(to_x + f(clip_hi - to_y) / gradient), clip_hi
+    else:
+        if from_y <= clip_lo or to_y >= clip_hi:
+            return touched
+        if to_y < clip_lo:
+            to_x, to_y = f(to_x + f(clip_lo - to_y) / gradient), clip_lo
+        if from_y > clip_hi:
+            from_x, from_y = f(from_x + f(clip_hi - from_y) / gradient), clip_hi
     from_y = from_y + f(1)
     to_y = to_y + f(1)
 
@@ -229,21 +366,23 @@ def aaline(canvas: np.ndarray, color: tuple[int, int, int], x0: float, y0: float
 
     x_start = int(from_x)
     y_end = intersect_y = f(from_y + gradient * f(x_start - from_x))
-    x_gap = f(f(1) + f(x_start) - from_x)
-    brightness = f(y_end - f(int(y_end)))
-    if int(y_end) < y_end:
-        put(x_start, int(y_end), brightness * x_gap)
-    put(x_start, int(y_end) - 1, f(f(1) - brightness) * x_gap)
-    intersect_y = f(intersect_y + gradient)
-    x_start += 1
+    if to_x > clip_lo + f(1):
+        x_gap = f(f(1) + f(x_start) - from_x)
+        brightness = f(y_end - f(int(y_end)))
+        if int(y_end) < y_end:
+            put(x_start, int(y_end), brightness * x_gap)
+        put(x_start, int(y_end) - 1, f(f(1) - brightness) * x_gap)
+        intersect_y = f(intersect_y + gradient)
+        x_start += 1
 
     x_end = int(np.ceil(to_x))
-    y_end = f(to_y + gradient * f(x_end - to_x))
-    x_gap = f(f(1) - f(x_end) + to_x)
-    brightness = f(y_end - f(int(y_end)))
-    if int(y_end) < y_end:
-        put(x_end, int(y_end), brightness * x_gap)
-    put(x_end, int(y_end) - 1, f(f(1) - brightness) * x_gap)
+    if from_x < clip_hi - f(1):
+        y_end = f(to_y + gradient * f(x_end - to_x))
+        x_gap = f(f(1) - f(x_end) + to_x)
+        brightness = f(y_end - f(int(y_end)))
+        if int(y_end) < y_end:
+            put(x_end, int(y_end), brightness * x_gap)
+        put(x_end, int(y_end) - 1, f(f(1) - brightness) * x_gap)
 
     for x in range(x_start, x_end):
         yi = int(intersect_y)
@@ -277,10 +416,11 @@ def convex_rows(xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     rows = (miny[:, None] + np.arange(int((maxy - miny).max()) + 1))[None]  # (1, P, H)
     mx = maxy[None, :, None]
     hit = ((rows >= y1) & (rows < y2)) | ((rows == mx) & (y2 == mx) & (y1 != y2))
-    # floor((r - y1) * dx / dy) computed in float32 is exact: the numerator is an integer below 2**24
-    # and a non-integer quotient lies at least 1/dy from the nearest integer.
+    # pygame truncates x1 + (r - y1) * dx / dy toward zero (see fillpoly_spans). In float32 this is
+    # exact: the numerator is an integer below 2**24 and a non-integer quotient lies at least 1/dy
+    # from the nearest integer.
     num = ((rows - y1) * (x2 - x1)).astype(np.float32)
-    xi = np.floor(num / np.maximum(y2 - y1, 1).astype(np.float32)) + x1.astype(np.float32)
+    xi = np.trunc(num / np.maximum(y2 - y1, 1).astype(np.float32) + x1.astype(np.float32))
     left = np.minimum.reduce(np.where(hit, xi, np.float32(1e9)), axis=0)
     right = np.maximum.reduce(np.where(hit, xi, np.float32(-1e9)), axis=0)
     return miny, left.astype(np.int64), right.astype(np.int64)
@@ -295,11 +435,23 @@ def spans_to_pixels(rows: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.
     return np.repeat(rows, lengths), np.repeat(a, lengths) + offset
 
 
-def thick_lines_pixels(p1: np.ndarray, p2: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def thick_lines_pixels(
+    p1: np.ndarray, p2: np.ndarray, width: int, size: int = 512
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixels of pygame's ``draw_line_width`` for P integer segments ``p1 -> p2`` ((P, 2) each).
 
     Returns rows and cols, segment by segment in order, and the pixel count per segment.
     """
+    if p1.min() < 0 or p2.min() < 0 or p1.max() > size or p2.max() > size:
+        # Rare (a block partly off the canvas): go segment by segment, clipping exactly like pygame.
+        parts = [
+            clipped_line_width_pixels(int(a[0]), int(a[1]), int(b[0]), int(b[1]), width, size)
+            if _needs_clipping(int(a[0]), int(a[1]), int(b[0]), int(b[1]), size)
+            else thick_lines_pixels(a[None], b[None], width, size)[:2]
+            for a, b in zip(p1, p2)
+        ]
+        counts = np.array([len(r) for r, _ in parts])
+        return np.concatenate([r for r, _ in parts]), np.concatenate([c for _, c in parts]), counts
     x1, y1, x2, y2 = p1[:, 0:1], p1[:, 1:2], p2[:, 0:1], p2[:, 1:2]
     dx, dy = np.abs(x2 - x1), np.abs(y2 - y1)
     xmajor = dx > dy

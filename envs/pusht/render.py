@@ -41,14 +41,6 @@ _WALL_ZONE = 12  # pixels from the border within which wall pixels may have been
 _SPRITE_CACHE = 8
 
 
-def _union(a: tuple[int, int, int, int] | None, b: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
-
-
 def tee_sprite(rounded: np.ndarray) -> tuple[int, int, np.ndarray]:
     """Draw the block from its rounded vertices (2, 4, 2) into a small patch.
 

@@ -82,10 +82,20 @@ def _stack(history: deque) -> Any:
     return np.stack(list(history), axis=1)
 
 
-def _failed_workers(venv: gym.vector.AsyncVectorEnv) -> list[int]:
+def _failed_workers(venv: gym.vector.AsyncVectorEnv, wait_s: float = 5.0) -> list[int]:
     """Indices of workers that raised (gymnasium drops their pipe) or whose process died."""
-    pipes, procs = getattr(venv, "parent_pipes", []), getattr(venv, "processes", [])
-    return [i for i in range(len(pipes)) if pipes[i] is None or (i < len(procs) and not procs[i].is_alive())]
+    raised = [i for i, pipe in enumerate(getattr(venv, "parent_pipes", [])) if pipe is None]
+    if raised:
+        return raised
+    # A dead worker's pipe reports EOF before the process is reaped: give it a moment to show up.
+    procs = getattr(venv, "processes", [])
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        dead = [i for i, proc in enumerate(procs) if not proc.is_alive()]
+        if dead:
+            return dead
+        time.sleep(0.05)
+    return []
 
 
 class RolloutRunner:

@@ -29,10 +29,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Attention, resample_abs_pos_embed, resample_patch_embed
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .vit import ATTENTION_KINDS, FIB_OPTIONS, VIT_SIZES, fibottentionize
+from .vit import ATTENTION_KINDS, FIB_OPTIONS, VIT_SIZES, fibottentionize, register_sizes
 
 __all__ = [
     "DividedSpaceTimeBlock",
@@ -277,21 +277,8 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _register(size: str) -> None:
-    name = f"vit_fib_video_{size}_patch16_224"
-
-    def entry(pretrained: bool = False, **kwargs: Any) -> VideoVisionTransformer:
-        return video_vision_transformer(name, pretrained, **{"patch_size": 16, "num_frames": 8, **VIT_SIZES[size], **kwargs})
-
-    entry.__name__ = entry.__qualname__ = name
-    entry.__module__ = __name__
-    entry.__doc__ = (
-        f"Video ViT-{size[0].upper()}/16, divided space-time attention, Fibottention on the spatial attention "
-        "(any img_size, patch_size, num_frames, num_classes)."
-    )
-    globals()[name] = register_model(entry)
-    __all__.append(name)
-
-
-for _size in VIT_SIZES:
-    _register(_size)
+register_sizes(
+    __name__, "vit_fib_video_{size}_patch16_224", video_vision_transformer, {"patch_size": 16, "num_frames": 8},
+    "Video ViT-{size}/16, divided space-time attention, Fibottention on the spatial attention "
+    "(any img_size, patch_size, num_frames, num_classes).",
+)

@@ -8,7 +8,8 @@ own dense attention left in place.
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import torch.nn as nn
 from timm.layers import Attention
@@ -18,7 +19,7 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from ..attention import FibottentionAttention
 
-__all__ = ["ATTENTION_KINDS", "FIB_OPTIONS", "fibottentionize", "vision_transformer", "VIT_SIZES"]
+__all__ = ["ATTENTION_KINDS", "FIB_OPTIONS", "fibottentionize", "register_sizes", "vision_transformer", "VIT_SIZES"]
 
 ATTENTION_KINDS = ("fib", "dense")
 # Keyword arguments that configure Fibottention rather than the ViT itself.
@@ -112,22 +113,33 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _register(size: str) -> None:
-    name = f"vit_fib_{size}_patch16_224"
+def register_sizes(module_name: str, name_format: str, build: Callable[..., nn.Module], defaults: dict[str, Any], doc: str) -> list[str]:
+    """Register one timm entry point per ViT size: ``name_format.format(size=...)`` -> ``build(name, pretrained, **kw)``.
 
-    def entry(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
-        return vision_transformer(name, pretrained, **{"patch_size": 16, **VIT_SIZES[size], **kwargs})
+    The entry points live in ``module_name`` (whose ``default_cfgs`` timm reads) and are added to its
+    namespace and ``__all__``.
+    """
+    module = sys.modules[module_name]
+    names = []
+    for size, dims in VIT_SIZES.items():
+        name = name_format.format(size=size)
 
-    entry.__name__ = name
-    entry.__qualname__ = name
-    entry.__module__ = __name__
-    entry.__doc__ = f"ViT-{size[0].upper()}/16 with Fibottention in every block (any img_size, patch_size, num_classes)."
-    globals()[name] = register_model(entry)
-    __all__.append(name)
+        def entry(pretrained: bool = False, _name: str = name, _dims: dict = dims, **kwargs: Any) -> nn.Module:
+            return build(_name, pretrained, **{**defaults, **_dims, **kwargs})
+
+        entry.__name__ = entry.__qualname__ = name
+        entry.__module__ = module_name
+        entry.__doc__ = doc.format(size=size[0].upper())
+        setattr(module, name, register_model(entry))
+        module.__all__.append(name)
+        names.append(name)
+    return names
 
 
-for _size in VIT_SIZES:
-    _register(_size)
+register_sizes(
+    __name__, "vit_fib_{size}_patch16_224", vision_transformer, {"patch_size": 16},
+    "ViT-{size}/16 with Fibottention in every block (any img_size, patch_size, num_classes).",
+)
 
 
 def count_parameters(model: nn.Module) -> int:

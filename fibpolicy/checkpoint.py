@@ -103,9 +103,12 @@ def read_meta(checkpoint: str | Path) -> dict[str, Any]:
 
 
 class TopKCheckpoints:
-    """Keeps the ``k`` best checkpoints by a score (higher is better) in ``directory``."""
+    """Keeps the ``k`` best checkpoints by a score (higher is better) in ``directory``.
 
-    def __init__(self, directory: str | Path, k: int = 5, *, name_format: str = "epoch={epoch:04d}-score={score:.3f}") -> None:
+    Names carry no ``=`` so that they can be passed to Hydra entry points unquoted (``checkpoint=...``).
+    """
+
+    def __init__(self, directory: str | Path, k: int = 5, *, name_format: str = "epoch{epoch:04d}-score{score:.3f}") -> None:
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
         self.directory, self.k, self.name_format = Path(directory), k, name_format
@@ -113,7 +116,7 @@ class TopKCheckpoints:
     def existing(self) -> list[tuple[float, Path]]:
         """(score, path) of the kept checkpoints, best first."""
         found = []
-        for p in self.directory.glob("epoch=*") if self.directory.exists() else []:
+        for p in self.directory.glob("epoch*") if self.directory.exists() else []:
             if p.is_dir() and (p / META_FILE).is_file():
                 found.append((float(read_meta(p).get("score", float("-inf"))), p))
         return sorted(found, key=lambda sp: -sp[0])

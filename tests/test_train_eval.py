@@ -54,7 +54,7 @@ def test_smoke_run_writes_every_artifact_and_eval_rescoring_works(tmp_path, stor
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
     assert any("test/mean_score" in r for r in rows)
     latest = run_dir / "checkpoints" / "latest"
-    assert (latest / "ema.safetensors").is_file() and list((run_dir / "checkpoints").glob("epoch=*"))
+    assert (latest / "ema.safetensors").is_file() and list((run_dir / "checkpoints").glob("epoch*"))
     video = run_dir / "videos" / "epoch0000_train_seed0.mp4"
     assert video.is_file() and video.stat().st_size > 0
 

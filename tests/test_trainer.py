@@ -96,8 +96,8 @@ def test_checkpoints_metrics_and_topk(tmp_path):
     latest = ckpts / "latest"
     assert {p.name for p in latest.iterdir()} == {"model.safetensors", "ema.safetensors", "trainer_state.pt", "meta.json"}
     assert not list(ckpts.glob(".*")), "no temporary directories left behind"
-    kept = sorted(p.name for p in ckpts.glob("epoch=*"))
-    assert kept == ["epoch=0001-score=2.000", "epoch=0004-score=2.000"]  # epochs 1-4 score 2, 1, 0, 2
+    kept = sorted(p.name for p in ckpts.glob("epoch*"))
+    assert kept == ["epoch0001-score2.000", "epoch0004-score2.000"]  # epochs 1-4 score 2, 1, 0, 2
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss" in r and "train/lr" in r and "train/noise_mean" in r for r in rows)
     epoch_rows = [r for r in rows if "val/loss" in r]

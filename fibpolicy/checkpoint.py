@@ -30,6 +30,23 @@ from safetensors.torch import load_model, save_model
 MODEL_FILE, EMA_FILE, STATE_FILE, CONFIG_FILE, META_FILE = (
     "model.safetensors", "ema.safetensors", "trainer_state.pt", "config.yaml", "meta.json",
 )
+# A run directory keeps its checkpoints here; ``latest`` is the one a resumed run continues from.
+CHECKPOINTS_DIR, LATEST = "checkpoints", "latest"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """Where a run directory's ``latest`` checkpoint lives (it may not exist yet)."""
+    return Path(run_dir) / CHECKPOINTS_DIR / LATEST
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """A checkpoint directory; a run directory stands for its ``checkpoints/latest``."""
+    path = Path(checkpoint)
+    if latest_checkpoint(path).is_dir():
+        path = latest_checkpoint(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint {checkpoint} is not a directory (expected a run or checkpoint directory)")
+    return path
 
 
 def save_checkpoint(
@@ -95,6 +112,14 @@ def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
 def load_config(checkpoint: str | Path) -> DictConfig:
     """The resolved run configuration stored with a checkpoint."""
     return OmegaConf.load(_require(Path(checkpoint), CONFIG_FILE))
+
+
+def checkpoint_task_kind(checkpoint: str | Path) -> str:
+    """The ``task.kind`` (``policy``, ``classification``) recorded in a checkpoint's (or run's) config."""
+    cfg = load_config(resolve_checkpoint(checkpoint))
+    if "task" not in cfg:
+        raise ValueError(f"{checkpoint}: config.yaml has no 'task' entry")
+    return str(cfg.task.get("kind", "policy"))
 
 
 def read_meta(checkpoint: str | Path) -> dict[str, Any]:

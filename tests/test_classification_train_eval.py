@@ -13,7 +13,7 @@ from PIL import Image
 
 from fibpolicy.checkpoint import load_config
 from fibpolicy.data import write_moving_shapes
-from fibpolicy.training.classification_task import checkpoint_task_kind
+from fibpolicy.checkpoint import checkpoint_task_kind
 from fibpolicy.training.run import run_evaluation, run_training
 
 ROOT = Path(__file__).resolve().parents[1]

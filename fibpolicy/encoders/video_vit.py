@@ -205,9 +205,9 @@ def _image_state_dict(source: nn.Module | Mapping[str, torch.Tensor] | str | Pat
         return dict(source)
     path = Path(source)
     if path.is_dir():
-        from ..checkpoint import MODEL_FILE  # a fibpolicy checkpoint or run directory
+        from ..checkpoint import MODEL_FILE, resolve_checkpoint  # a fibpolicy checkpoint or run directory
 
-        path = path / "checkpoints" / "latest" / MODEL_FILE if (path / "checkpoints" / "latest").is_dir() else path / MODEL_FILE
+        path = resolve_checkpoint(path) / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no image-ViT weights at {path} (expected a safetensors file or a checkpoint directory)")
     if path.suffix == ".safetensors":

@@ -9,7 +9,7 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from ..checkpoint import EMA_FILE, load_config, load_weights
+from ..checkpoint import EMA_FILE, load_config, load_weights, resolve_checkpoint
 
 
 def load_policy(checkpoint_dir: str | Path, device: str | torch.device | None = None, *, ema: bool | None = None) -> nn.Module:
@@ -18,9 +18,7 @@ def load_policy(checkpoint_dir: str | Path, device: str | torch.device | None = 
     ``checkpoint_dir`` is a directory written by the trainer (``.../checkpoints/latest`` or a top-k one),
     or a run directory, in which case its ``latest`` checkpoint is used.
     """
-    path = Path(checkpoint_dir)
-    if (path / "checkpoints" / "latest").is_dir():
-        path = path / "checkpoints" / "latest"
+    path = resolve_checkpoint(checkpoint_dir)
     cfg = load_config(path)
     if "policy" not in cfg:
         raise ValueError(f"{path}/config.yaml has no 'policy' entry: not a policy checkpoint")

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ..policy.loading import load_policy
-from ..checkpoint import load_config
+from ..checkpoint import load_config, resolve_checkpoint
 
 
 def evaluate_checkpoint(
@@ -25,9 +25,8 @@ def evaluate_checkpoint(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Roll out the checkpoint's policy (EMA weights) and write ``output_dir/eval.json``; returns the record."""
-    policy = load_policy(checkpoint, device=device)
-    path = Path(checkpoint)
-    path = path / "checkpoints" / "latest" if (path / "checkpoints" / "latest").is_dir() else path
+    path = resolve_checkpoint(checkpoint)
+    policy = load_policy(path, device=device)
     evaluator_cfg = OmegaConf.to_container(load_config(path).task.evaluator, resolve=True)
     for key, value in (("n_test", n_test), ("n_train", n_train), ("n_envs", n_envs)):
         if value is not None:

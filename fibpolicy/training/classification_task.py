@@ -35,7 +35,7 @@ from timm.data import create_transform
 from timm.data.auto_augment import AugmentOp, posterize as timm_posterize
 from torch.utils.data import Dataset, Subset
 
-from ..checkpoint import EMA_FILE, load_config, load_weights, read_meta
+from ..checkpoint import EMA_FILE, load_config, load_weights, read_meta, resolve_checkpoint
 from ..data.video_datasets import VideoClipTransform
 from ..encoders.video_vit import load_image_weights, video_variant
 from .classifier import ClassificationEvaluator, Classifier
@@ -48,10 +48,8 @@ __all__ = [
     "build_backbone",
     "build_classifier",
     "build_datasets",
-    "checkpoint_task_kind",
     "evaluate_classifier",
     "image_transforms",
-    "resolve_checkpoint_dir",
     "train_classifier",
 ]
 
@@ -277,24 +275,6 @@ def train_classifier(cfg: DictConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- evaluation
 
 
-def resolve_checkpoint_dir(checkpoint: str | Path) -> Path:
-    """A checkpoint directory; a run directory stands for its ``checkpoints/latest``."""
-    path = Path(checkpoint)
-    if (path / "checkpoints" / "latest").is_dir():
-        path = path / "checkpoints" / "latest"
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint {checkpoint} is not a directory (expected a run or checkpoint directory)")
-    return path
-
-
-def checkpoint_task_kind(checkpoint: str | Path) -> str:
-    """The ``task.kind`` (``policy``, ``classification``) recorded in a checkpoint's ``config.yaml``."""
-    cfg = load_config(resolve_checkpoint_dir(checkpoint))
-    if "task" not in cfg:
-        raise ValueError(f"{checkpoint}: config.yaml has no 'task' entry")
-    return str(cfg.task.get("kind", "policy"))
-
-
 def evaluate_classifier(
     checkpoint: str | Path,
     *,
@@ -311,7 +291,7 @@ def evaluate_classifier(
     Uses the EMA weights when the checkpoint has them (``ema=False`` for the raw ones). ``num_clips``
     changes the number of test-time clips of a video-list task (multi-clip averaging).
     """
-    path = resolve_checkpoint_dir(checkpoint)
+    path = resolve_checkpoint(checkpoint)
     cfg = load_config(path)
     if cfg.task.get("kind") != "classification":
         raise ValueError(f"{path} is a {cfg.task.get('kind', 'policy')!r} checkpoint, not a classification one")

@@ -25,7 +25,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint`` (its kind of task is read from its config) and print a one-line summary."""
-    from .classification_task import checkpoint_task_kind
+    from ..checkpoint import checkpoint_task_kind
 
     kind = checkpoint_task_kind(cfg.checkpoint)
     if kind == "classification":

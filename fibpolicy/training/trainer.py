@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..checkpoint import TopKCheckpoints, load_trainer_state, load_weights, save_checkpoint
+from ..checkpoint import CHECKPOINTS_DIR, TopKCheckpoints, latest_checkpoint, load_trainer_state, load_weights, save_checkpoint
 from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
 from .logger import MetricsLogger
 from .sampler import ResumableSampler
@@ -153,7 +153,7 @@ class Trainer:
             self.forward = DistributedDataParallel(
                 self.forward, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        self.topk = TopKCheckpoints(self.run_dir / "checkpoints", k=topk)
+        self.topk = TopKCheckpoints(self.run_dir / CHECKPOINTS_DIR, k=topk)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best: dict[str, float] = {}
 
@@ -167,7 +167,7 @@ class Trainer:
     @property
     def latest_path(self) -> Path:
         """Directory of the ``latest`` checkpoint."""
-        return self.run_dir / "checkpoints" / "latest"
+        return latest_checkpoint(self.run_dir)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything beyond the weights that a resumed run needs to continue exactly."""

@@ -139,3 +139,35 @@ def test_ddp_two_processes_on_cpu_keep_weights_in_sync(tmp_path):
     init = _fresh_model().state_dict()
     assert not all(torch.equal(a[k], init[k]) for k in a), "training must have changed the weights"
     assert (tmp_path / "checkpoints" / "latest").is_dir()
+
+
+class NestedConstant(nn.Module):
+    """Loss = mean of the batch's targets, batches nested like a policy's {"obs": {...}, "action": ...}."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def compute_loss(self, batch):
+        return batch["action"].mean() + 0.0 * self.bias
+
+
+class NestedDataset(Dataset):
+    def __init__(self, values):
+        self.values = torch.tensor(values, dtype=torch.float32)
+
+    def __len__(self):
+        return len(self.values)
+
+    def __getitem__(self, i):
+        return {"obs": {"a": torch.zeros(3), "b": torch.zeros(2)}, "action": self.values[i]}
+
+
+def test_validation_loss_weights_every_sample_equally_with_nested_batches(tmp_path):
+    # Batches of 8 and 4 samples: the per-sample mean differs from the mean of the two batch means.
+    values = [0.0] * 8 + [12.0] * 4
+    trainer = Trainer(
+        NestedConstant(), NestedDataset([1.0] * 8), run_dir=tmp_path, val_dataset=NestedDataset(values),
+        batch_size=8, lr_warmup_steps=0, progress=False,
+    )
+    assert trainer.validate()["val/loss"] == pytest.approx(sum(values) / len(values))  # 4.0, not 6.0

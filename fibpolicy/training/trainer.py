@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import torch
 import torch.nn as nn
@@ -64,6 +65,18 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def batch_size_of(batch: Any) -> int:
+    """Samples in a (nested dict / list / tuple) batch: the leading size of its first tensor."""
+    if torch.is_tensor(batch):
+        return batch.shape[0]
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        size = batch_size_of(value)
+        if size:
+            return size
+    return 0
 
 
 def _split_loss(out: Any) -> tuple[torch.Tensor, dict[str, float]]:
@@ -240,51 +253,50 @@ class Trainer:
             self.ema.step(self.model)
         return loss.item(), extras
 
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Mean loss of the evaluation weights on the validation set, with fixed noise across epochs."""
-        if self.val_dataset is None or len(self.val_dataset) == 0:
-            return {}
+    @contextmanager
+    def _evaluating(self) -> Iterator[nn.Module]:
+        """The evaluation weights in eval mode, under a forked RNG so the training stream is untouched."""
         model = self.eval_model
         was_training = model.training
         model.eval()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                yield model
+        finally:
+            model.train(was_training)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Per-sample mean loss of the evaluation weights on the validation set, fixed noise across epochs."""
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return {}
         total, count = 0.0, 0
-        # A fixed, forked RNG: comparable numbers across epochs, and the training stream is untouched.
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.seed + 1)
-            loader = self._loader(self.val_dataset, None, self.val_batch_size, 0)
-            for batch in loader:
+        with self._evaluating() as model:
+            torch.manual_seed(self.seed + 1)  # the same noise every epoch: comparable numbers
+            for batch in self._loader(self.val_dataset, None, self.val_batch_size, 0):
                 batch = to_device(batch, self.device)
                 with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
                     loss, _ = _split_loss(model.compute_loss(batch))
-                n = len(next(iter(batch.values()))) if isinstance(batch, Mapping) else len(batch[0])
+                n = batch_size_of(batch)
                 total, count = total + loss.item() * n, count + n
-        model.train(was_training)
         return {"val/loss": mean_across_ranks(total / max(count, 1), self.dist)}
 
     def evaluate(self) -> dict[str, Any]:
         """Run the task's evaluator (rollouts, test accuracy) on the evaluation weights (main rank)."""
         if self.evaluator is None or not self.dist.is_main:
             return {}
-        model = self.eval_model
-        was_training = model.training
-        model.eval()
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            metrics = dict(self.evaluator(model, self.epoch, self.run_dir))
-        model.train(was_training)
-        return metrics
+        with self._evaluating() as model:
+            return dict(self.evaluator(model, self.epoch, self.run_dir))
 
     def _finished(self) -> bool:
         return self.max_steps is not None and self.step >= self.max_steps
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train until ``num_epochs`` (or ``max_steps``); returns the last epoch's metrics."""
-        logger = MetricsLogger(self.run_dir, tensorboard=self.dist.is_main, resume_step=None) if self.dist.is_main else None
         if resume:
             self.resume()
-            if logger is not None:
-                logger.close()
-                logger = MetricsLogger(self.run_dir, tensorboard=True, resume_step=self.step)
+        # On resume, rows a killed run logged after its last checkpoint are dropped (they are logged again).
+        logger = MetricsLogger(self.run_dir, resume_step=self.step if resume else None) if self.dist.is_main else None
         self.model.train()
         last: dict[str, Any] = {}
         window: list[float] = []

@@ -18,9 +18,7 @@ Config contract (``kind: classification`` tasks; see ``config/task/digits.yaml``
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,8 +38,7 @@ from ..data.video_datasets import VideoClipTransform
 from ..encoders.video_vit import load_image_weights, video_variant
 from .classifier import ClassificationEvaluator, Classifier
 from .confusion import write_confusion_matrix
-from .ema import EMAModel
-from .seeding import seed_everything
+from .task_setup import fit, make_trainer, start_run
 
 __all__ = [
     "ClassificationData",
@@ -233,10 +230,7 @@ def train_classifier(cfg: DictConfig) -> dict[str, Any]:
     ``confusion_matrix.png`` (+ ``.csv``) of the final evaluation.
     """
     cfg = _classification_config(cfg)
-    seed_everything(int(cfg.seed))
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    run_dir = start_run(cfg)
 
     data = build_datasets(cfg)
     model = build_classifier(cfg, data.classes)
@@ -251,24 +245,14 @@ def train_classifier(cfg: DictConfig) -> dict[str, Any]:
         data.test, batch_size=int(cfg.training.get("eval_batch_size", trainer_cfg.batch_size)),
         num_workers=int(trainer_cfg.get("num_workers", 0)), progress=bool(trainer_cfg.get("progress", False)),
     )
-    ema_cfg = _plain(cfg.training.get("ema"))
-    # Partial first: runtime objects (and the run config itself) must not go through instantiate.
-    make_trainer = instantiate(trainer_cfg, _partial_=True, _convert_="all")
-    trainer = make_trainer(
-        model=model, train_dataset=data.train, run_dir=run_dir, evaluator=evaluator, run_config=cfg,
-        ema=partial(EMAModel, **ema_cfg) if ema_cfg else None, seed=int(cfg.seed),
-    )
-    start = time.time()
-    metrics = trainer.fit(resume=bool(cfg.resume))
-    metrics["train_seconds"] = time.time() - start
+    trainer = make_trainer(cfg, model=model, train_dataset=data.train, evaluator=evaluator)
+    metrics = fit(trainer, cfg)
     if trainer.dist.is_main and evaluator.last_predictions is not None:
         top1 = metrics.get("test/top1", float("nan"))
         write_confusion_matrix(
             run_dir / "confusion_matrix.png", evaluator.last_targets, evaluator.last_predictions, data.classes,
             title=f"{cfg.task.name}, epoch {trainer.epoch}: test top-1 {top1:.2f}%",
         )
-    print(f"[fibpolicy] done in {metrics['train_seconds']:.0f} s: " + ", ".join(
-        f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
     return metrics
 
 

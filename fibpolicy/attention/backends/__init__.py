@@ -2,41 +2,95 @@
 
 from __future__ import annotations
 
+import warnings
+from functools import lru_cache
 from typing import Callable
 
 import torch
 
 from ..pattern import FibPattern
+from .cpu_kernel import cpu_fib_attention, cpu_kernel_status
 from .dense import dense_fib_attention
 from .fused import fused_fib_attention
 from .sparse import diagonal_plan, sparse_fib_attention
+from .triton_diag import triton_available, triton_fib_attention
 
-__all__ = ["BACKENDS", "MODES", "fib_attention", "select_backend", "diagonal_plan"]
+__all__ = [
+    "BACKENDS", "MODES", "backend_status", "cpu_kernel_status", "diagonal_plan", "fib_attention", "select_backend",
+]
 
 AttentionFn = Callable[..., torch.Tensor]
 
 BACKENDS: dict[str, AttentionFn] = {
     "dense": dense_fib_attention,  # reference: the (h, T, T) mask, plain autograd
     "fused": fused_fib_attention,  # dense scores, in-place masking, hand-written backward (small T)
-    "sparse": sparse_fib_attention,  # diagonal by diagonal, never T x T (large T)
+    "sparse": sparse_fib_attention,  # diagonal by diagonal with torch ops, never T x T
+    "cpu": cpu_fib_attention,  # compiled C kernel: one pass per (batch, head) slab, never T x T
+    "triton": triton_fib_attention,  # Triton kernels for CUDA, never T x T
 }
 MODES = ("multiplicative", "additive")
 
-# Measured with benchmarks/attention.py on the project's 2-core CPU (fp32, 12 heads, head dim 64):
-# the sparse path is faster than the fused dense one from about this many tokens on.
+# Without the compiled kernel (no C compiler): measured with benchmarks/attention.py on the project's
+# 2-core CPU, the torch-only sparse path beats the fused dense one from about this many tokens on.
 CPU_SPARSE_MIN_TOKENS = 128
-# Not yet measured on a GPU. The sparse path launches ~10 small kernels per diagonal (thousands per
-# layer at T = 4097), so on CUDA it is launch-bound; the batched products of the fused path win
-# until its (h, T, T) scores get large. An estimate, to be replaced by a measured crossover.
+# CUDA without a working Triton: an estimate, not measured. The sparse path launches ~10 small kernels
+# per diagonal, so it is launch-bound until the fused path's (h, T, T) scores get large.
 CUDA_SPARSE_MIN_TOKENS = 8192
+
+
+def backend_status(backend: str, device: torch.device | str) -> tuple[bool, str]:
+    """Whether ``backend`` can run on ``device`` here, and if not, why."""
+    device = torch.device(device)
+    if backend not in BACKENDS:
+        return False, f"unknown backend {backend!r}; expected one of {tuple(BACKENDS)}"
+    if backend == "cpu":
+        if device.type != "cpu":
+            return False, f"the 'cpu' backend runs on CPU tensors, not {device.type}"
+        return cpu_kernel_status()
+    if backend == "triton":
+        if not triton_available(device):
+            return False, "triton is not installed or the device is not CUDA"
+        if device.type == "cuda" and not _triton_self_check(str(device)):
+            return False, "the Triton kernels failed their first-use check on this GPU (see the warning)"
+    return True, "ok"
+
+
+@lru_cache(maxsize=None)
+def _triton_self_check(device: str) -> bool:
+    # The Triton path compiles on first use for this GPU and toolchain; "auto" only takes it after it
+    # has reproduced the dense reference once, so a broken toolchain costs a warning, not a training run.
+    pattern = FibPattern(num_heads=2, num_prefix_tokens=1, layer=1)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, g = (torch.randn(2, 2, 1 + 150, 64, generator=gen).to(device) for _ in range(4))
+    try:
+        for mode in MODES:
+            leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+            out = triton_fib_attention(*leaves, pattern, mode=mode, scale=0.125)
+            grads = torch.autograd.grad(out, leaves, g)
+            ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
+            ref = dense_fib_attention(*ref_leaves, pattern, mode=mode, scale=0.125)
+            ref_grads = torch.autograd.grad(ref, ref_leaves, g.double())
+            for got, want in zip((out, *grads), (ref, *ref_grads)):
+                torch.testing.assert_close(got.double(), want, rtol=1e-3, atol=1e-3)
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not pick this backend automatically
+        warnings.warn(f"Fibottention's Triton backend failed its check on {device} and is not used by "
+                      f"backend='auto': {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=3)
+        return False
+    return True
 
 
 def select_backend(num_tokens: int, device: torch.device, *, dropout_p: float = 0.0) -> str:
     """The backend ``"auto"`` resolves to for a sequence length, device and attention dropout."""
     if dropout_p > 0.0:
         return "dense"  # the only backend with dropout on individual attention weights
-    threshold = CUDA_SPARSE_MIN_TOKENS if device.type == "cuda" else CPU_SPARSE_MIN_TOKENS
-    return "sparse" if num_tokens >= threshold else "fused"
+    if device.type == "cpu":
+        # The compiled kernel is the fastest CPU path at every length measured (65 to 4097 tokens).
+        if backend_status("cpu", device)[0]:
+            return "cpu"
+        return "sparse" if num_tokens >= CPU_SPARSE_MIN_TOKENS else "fused"
+    if device.type == "cuda" and backend_status("triton", device)[0]:
+        return "triton"
+    return "sparse" if num_tokens >= CUDA_SPARSE_MIN_TOKENS else "fused"
 
 
 def _check_rows(pattern: FibPattern, num_patches: int, mode: str) -> None:
@@ -78,5 +132,8 @@ def fib_attention(
         backend = select_backend(q.shape[-2], q.device, dropout_p=dropout_p)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {tuple(BACKENDS)}, got {backend!r}")
+    available, why = backend_status(backend, q.device)
+    if not available:
+        raise RuntimeError(f"Fibottention backend {backend!r} cannot run on {q.device}: {why}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return BACKENDS[backend](q, k, v, pattern, mode=mode, scale=scale, dropout_p=dropout_p)

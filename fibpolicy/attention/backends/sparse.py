@@ -63,6 +63,19 @@ def diagonal_plan(pattern: FibPattern, num_patches: int) -> DiagonalPlan:
 
 
 @lru_cache(maxsize=64)
+def offset_table(plan: DiagonalPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plan's signed offsets as an int32 (h, max_slots) table, zero-padded, and the per-head counts.
+
+    What the compiled kernels take instead of Python tuples; at least one column, so that a kernel
+    never gets a pointer into an empty tensor.
+    """
+    table = torch.zeros(len(plan.slots), max(1, plan.max_slots), dtype=torch.int32)
+    for h, head_slots in enumerate(plan.slots):
+        table[h, : len(head_slots)] = torch.tensor([o for o, _, _ in head_slots], dtype=torch.int32)
+    return table, torch.tensor([len(s) for s in plan.slots], dtype=torch.int32)
+
+
+@lru_cache(maxsize=64)
 def _n_allowed_on(plan: DiagonalPlan, device: str) -> torch.Tensor:
     return plan.n_allowed.to(device)
 

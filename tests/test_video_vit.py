@@ -75,6 +75,18 @@ def test_image_weights_resample_patch_and_position_embeddings():
     assert report["skipped"] == ["head.weight", "head.bias"]  # 7 classes vs 5
 
 
+def test_a_fresh_video_vit_already_sees_frame_order():
+    # With a zero temporal embedding a clip and its reversal give identical outputs, so "moving left"
+    # and "moving right" could only be told apart after the embedding had grown from zero.
+    video = _video().eval()
+    assert video.time_embed.std() > 0.01
+    clip = torch.randn(1, 3, 4, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(video(clip), video(clip.flip(2)), atol=1e-4)
+        video.time_embed.zero_()
+        torch.testing.assert_close(video(clip), video(clip.flip(2)), atol=1e-5, rtol=1e-5)
+
+
 def test_temporal_order_matters_once_trained():
     video = _video().eval()
     with torch.no_grad():

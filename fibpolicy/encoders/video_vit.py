@@ -11,9 +11,13 @@ one class token is shared by the clip. Every block is a timm ``Block`` (same par
    (the block's ``attn``: Fibottention, or dense for the twin); the T class-token outputs are averaged;
 3. the block's MLP over all tokens.
 
-``temporal_fc`` and the temporal embedding start at zero, so a freshly built video ViT (or one loaded
-from image-ViT weights with :func:`load_image_weights`) computes, on a clip of T identical frames, exactly
-what the image ViT computes on that frame. ``import fibpolicy`` registers
+``temporal_fc`` starts at zero (the temporal attention enters as the identity, as in TimeSformer). The
+temporal embedding of a freshly built model is drawn like the position embedding (truncated normal,
+std 0.02): at zero, every layer is blind to frame order (temporal attention is permutation-equivariant
+and the class token averages the frames), so a clip and its reversal would start out identical and
+motion direction would have to be learnt through a near-zero gradient. :func:`load_image_weights`
+zeroes it instead, so that a video ViT started from an image ViT computes, on a clip of T identical
+frames, exactly what the image ViT computes on that frame. ``import fibpolicy`` registers
 ``vit_fib_video_{tiny,small,base}_patch16_224`` in timm (``attention="dense"`` for the dense twin).
 """
 
@@ -28,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Attention, resample_abs_pos_embed, resample_patch_embed
+from timm.layers import Attention, resample_abs_pos_embed, resample_patch_embed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.vision_transformer import Block, VisionTransformer
 
@@ -105,7 +109,8 @@ class VideoVisionTransformer(VisionTransformer):
         super().__init__(block_fn=DividedSpaceTimeBlock, **kwargs)
         self.num_frames = int(num_frames)
         self.time_embed = nn.Parameter(torch.zeros(1, self.num_frames, self.embed_dim))
-        zero_temporal_projections(self)
+        trunc_normal_(self.time_embed, std=0.02)
+        zero_temporal_projections(self, time_embed=False)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -147,13 +152,14 @@ class VideoVisionTransformer(VisionTransformer):
         return self.forward_head(self.forward_features(x))
 
 
-def zero_temporal_projections(model: VideoVisionTransformer) -> None:
-    """Zero every block's ``temporal_fc`` and the temporal embedding: temporal parts start as the identity."""
+def zero_temporal_projections(model: VideoVisionTransformer, *, time_embed: bool = True) -> None:
+    """Zero every block's ``temporal_fc`` (and the temporal embedding): temporal parts start as the identity."""
     with torch.no_grad():
         for block in model.blocks:
             nn.init.zeros_(block.temporal_fc.weight)
             nn.init.zeros_(block.temporal_fc.bias)
-        model.time_embed.zero_()
+        if time_embed:
+            model.time_embed.zero_()
 
 
 def video_vision_transformer(

@@ -11,7 +11,8 @@ repeats) and the peak memory of one forward+backward of the attention op, for:
 - ``sdpa+mask``: the same with the (h, T, T) boolean Fibottention mask (additive semantics);
 - ``release``: the released method, scores x a (B, h, T, T) 0/1 mask rebuilt with Python loops on
   every call (generously, one slice assignment per diagonal rather than per element);
-- each backend of ``fibpolicy.attention`` and ``auto``.
+- each backend of ``fibpolicy.attention`` that runs on the device (``cpu``: the compiled C kernel;
+  ``triton``: CUDA only) and ``auto``.
 
 Peak memory on CPU is the growth of the peak resident set (VmHWM) of a fresh process running the op
 once, over its resident set with inputs allocated and per-shape caches built; on CUDA it is ``torch.cuda.max_memory_allocated`` above the inputs.
@@ -40,6 +41,7 @@ from fibpolicy.attention import (  # noqa: E402
     fibottention_offsets,
     select_backend,
 )
+from fibpolicy.attention.backends import backend_status  # noqa: E402
 
 HEADS, HEAD_DIM = 12, 64
 DEFAULT_TOKENS = (65, 197, 785, 1569, 4097)
@@ -119,8 +121,10 @@ def warm_caches(method: str, tokens: int, pattern: FibPattern, mode: str, device
             fused._score_factor(pattern, tokens - 1, str(torch.device(device)), dtype, HEAD_DIM**-0.5)
         else:
             fused._score_bias(pattern, tokens - 1, str(torch.device(device)), dtype)
-    if method == "sparse":
+    if method in ("sparse", "cpu", "triton"):
         diagonal_plan(pattern, tokens - 1)
+    if method in ("cpu", "triton"):
+        backend_status(method, device)  # compiles the kernel (once per machine) and checks it
 
 
 def _status_kib(field: str) -> int:
@@ -237,7 +241,8 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=None, choices=METHODS,
+                        help="default: every method that runs on the device")
     parser.add_argument("--mode", default="multiplicative", choices=("multiplicative", "additive"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -245,6 +250,8 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args()
+    if args.methods is None:
+        args.methods = [m for m in METHODS if m not in BACKENDS or backend_status(m, args.device)[0]]
 
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
           f"{args.dtype}, mode {args.mode}, {HEADS} heads x {HEAD_DIM}", flush=True)

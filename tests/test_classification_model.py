@@ -89,6 +89,27 @@ def test_topk_and_evaluator_scores():
     assert math.isclose(metrics["test/top1"], 100.0 * float(np.mean(expected == evaluator.last_targets)))
 
 
+def test_evaluator_scores_at_the_trainings_precision(monkeypatch):
+    from fibpolicy.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: True)
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            return {"image": torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(i)), "label": i % 4}
+
+    model = Classifier(_tiny_vit(), num_classes=4).eval()
+    dtypes = []
+    model.backbone.head.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    fp32 = ClassificationEvaluator(Data(), batch_size=6)(model)  # default True: bf16 on CUDA only
+    bf16 = ClassificationEvaluator(Data(), batch_size=6, mixed_precision="bf16")(model)
+    assert dtypes == [torch.float32, torch.bfloat16]
+    assert bf16["test/loss"] != fp32["test/loss"] and bf16["test/loss"] == pytest.approx(fp32["test/loss"], rel=0.05)
+
+
 def test_confusion_matrix_counts_and_png(tmp_path):
     m = confusion_matrix(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2]), 3)
     assert m.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]

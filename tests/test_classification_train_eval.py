@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from PIL import Image
+from safetensors.torch import load_file
 
-from fibpolicy.checkpoint import load_config
+from fibpolicy.checkpoint import checkpoint_task_kind, load_config, load_weights
 from fibpolicy.data import write_moving_shapes
-from fibpolicy.checkpoint import checkpoint_task_kind
+from fibpolicy.training.classification_task import build_classifier, build_datasets
+from fibpolicy.training.classifier import ClassificationEvaluator
 from fibpolicy.training.run import run_evaluation, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +64,22 @@ def test_digits_smoke_run_then_eval_py_rescoring(tmp_path):
     assert (out / "confusion_matrix.png").is_file() and "top1=" in res.stdout
 
 
+def test_bf16_run_is_rescored_at_its_own_precision(tmp_path, monkeypatch):
+    from fibpolicy.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: True)  # any CPU can run bf16 autocast
+    run_dir, metrics = _train(tmp_path, "digits", "training.trainer.mixed_precision=bf16")
+    assert load_config(run_dir / "checkpoints" / "latest").training.trainer.mixed_precision == "bf16"
+    record = run_evaluation(_compose("eval", [f"checkpoint={run_dir}", f"output_dir={tmp_path / 'eval'}"]))
+    # Same weights, data and precision: the same loss to the last bit (fp32 scoring would differ).
+    assert record["loss"] == metrics["test/loss"] and record["top1"] == metrics["test/top1"]
+    cfg = load_config(run_dir)
+    fp32 = ClassificationEvaluator(build_datasets(cfg, train=False).test, batch_size=cfg.training.eval_batch_size, mixed_precision=False)
+    model = build_classifier(cfg, [str(d) for d in range(10)])
+    load_weights(model, run_dir / "checkpoints" / "latest")
+    assert fp32(model.eval())["test/loss"] != record["loss"]
+
+
 def test_moving_shapes_smoke_run_and_evaluation(tmp_path):
     run_dir, metrics = _train(tmp_path, "video_moving_shapes", "task.train_dataset.num_videos=64", "task.test_dataset.num_videos=32")
     assert 0.0 <= metrics["test/top1"] <= 100.0
@@ -69,6 +87,9 @@ def test_moving_shapes_smoke_run_and_evaluation(tmp_path):
     assert saved.task.input == "video" and saved.encoder.image_encoder == "vit_fib"
     record = run_evaluation(_compose("eval", [f"checkpoint={run_dir / 'checkpoints' / 'latest'}", f"output_dir={tmp_path / 'eval'}"]))
     assert record["top1"] == pytest.approx(metrics["test/top1"]) and len(record["per_class_accuracy"]) == 8
+    # Trained from scratch, the temporal embedding starts at the task's scale (0.5), not the pos_embed's 0.02.
+    time_embed = load_file(str(run_dir / "checkpoints" / "latest" / "model.safetensors"))["backbone.time_embed"]
+    assert saved.task.backbone.time_embed_std == 0.5 and 0.4 < float(time_embed.std()) < 0.6
 
 
 def test_video_list_task_on_mp4_files_with_a_corrupt_one(tmp_path):

@@ -171,3 +171,48 @@ def test_validation_loss_weights_every_sample_equally_with_nested_batches(tmp_pa
         batch_size=8, lr_warmup_steps=0, progress=False,
     )
     assert trainer.validate()["val/loss"] == pytest.approx(sum(values) / len(values))  # 4.0, not 6.0
+
+
+class PrecisionProbe(nn.Module):
+    """Records whether each loss ran under CPU bf16 autocast (and in which dtype a Linear computed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Linear(4, 1)
+        self.seen = []
+
+    def compute_loss(self, batch):
+        pred = self.net(batch["x"]).squeeze(-1)
+        self.seen.append(("train" if self.training else "eval", pred.dtype))
+        return ((pred.float() - batch["y"]) ** 2).mean()
+
+
+def test_bf16_autocast_on_cpu_only_when_asked_for(tmp_path, monkeypatch):
+    from fibpolicy.training import trainer as trainer_module
+    from fibpolicy.training.trainer import resolve_bf16
+
+    cpu = torch.device("cpu")
+    # True keeps the policy recipes' meaning: bf16 on CUDA, fp32 on a CPU.
+    assert resolve_bf16(True, cpu) is False and resolve_bf16(True, "cuda") is True
+    assert resolve_bf16(False, "cuda") is False and resolve_bf16("fp32", "cuda") is False
+    with pytest.raises(ValueError, match="'fp16'"):
+        resolve_bf16("fp16", cpu)
+
+    # A CPU with native bf16 (forced, so the test runs on any CPU): training and validation in bf16.
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: True)
+    torch.manual_seed(0)
+    model = PrecisionProbe()
+    Trainer(model, PairDataset(16), run_dir=tmp_path / "bf16", val_dataset=PairDataset(8, seed=1), num_epochs=1,
+            batch_size=8, mixed_precision="bf16", progress=False, checkpoint_every_epochs=1).fit()
+    assert model.seen == [("train", torch.bfloat16)] * 2 + [("eval", torch.bfloat16)]
+
+    torch.manual_seed(0)
+    model = PrecisionProbe()
+    Trainer(model, PairDataset(16), run_dir=tmp_path / "default", val_dataset=PairDataset(8, seed=1), num_epochs=1,
+            batch_size=8, mixed_precision=True, progress=False, checkpoint_every_epochs=1).fit()
+    assert {dtype for _, dtype in model.seen} == {torch.float32}
+
+    # Without native bf16 the run warns and stays in fp32 (emulated bf16 would be slower).
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: False)
+    with pytest.warns(RuntimeWarning, match="no native bf16"):
+        assert resolve_bf16("bf16", cpu) is False

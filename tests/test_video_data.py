@@ -54,6 +54,20 @@ def test_moving_shapes_motion_is_the_label():
     assert not np.array_equal(data.video(3), test.video(3))
 
 
+def test_cached_videos_are_the_rendered_ones():
+    kwargs = dict(num_frames=4, video_frames=6, image_size=16, seed=2)
+    cached, rendered = MovingShapesDataset(10, cache=True, **kwargs), MovingShapesDataset(10, **kwargs)
+    for index in range(10):
+        assert np.array_equal(cached.video(index), rendered.video(index))
+        torch.manual_seed(index)  # the same random clip start from both
+        a = cached[index]
+        torch.manual_seed(index)
+        b = rendered[index]
+        assert torch.equal(a["video"], b["video"]) and a["label"] == b["label"]
+    with pytest.raises(IndexError):
+        cached.video(10)
+
+
 def test_single_frames_do_not_tell_the_class():
     # Start positions are uniform on the torus and appearance is independent of the label, so the mean
     # first frame of every class is the same up to sampling noise.

@@ -87,6 +87,15 @@ def test_a_fresh_video_vit_already_sees_frame_order():
         torch.testing.assert_close(video(clip), video(clip.flip(2)), atol=1e-5, rtol=1e-5)
 
 
+def test_time_embed_scale_is_a_constructor_argument():
+    torch.manual_seed(0)
+    assert 0.4 < float(_video().time_embed.detach().std()) < 0.6  # the default, 0.5
+    assert 0.015 < float(_video(time_embed_std=0.02).time_embed.detach().std()) < 0.025
+    assert not _video(time_embed_std=0.0).time_embed.any()
+    with pytest.raises(ValueError, match="time_embed_std must be >= 0, got -1"):
+        _video(time_embed_std=-1.0)
+
+
 def test_temporal_order_matters_once_trained():
     video = _video().eval()
     with torch.no_grad():

@@ -244,6 +244,7 @@ def train_classifier(cfg: DictConfig) -> dict[str, Any]:
     evaluator = ClassificationEvaluator(
         data.test, batch_size=int(cfg.training.get("eval_batch_size", trainer_cfg.batch_size)),
         num_workers=int(trainer_cfg.get("num_workers", 0)), progress=bool(trainer_cfg.get("progress", False)),
+        mixed_precision=trainer_cfg.get("mixed_precision", True),
     )
     trainer = make_trainer(cfg, model=model, train_dataset=data.train, evaluator=evaluator)
     metrics = fit(trainer, cfg)
@@ -289,8 +290,9 @@ def evaluate_classifier(
     load_weights(model, path, ema=use_ema)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev).eval()
+    # At the precision the run evaluated in during training, so the scores match its metrics.
     evaluator = ClassificationEvaluator(data.test, batch_size=batch_size or int(cfg.training.get("eval_batch_size", 256)),
-                                        num_workers=num_workers)
+                                        num_workers=num_workers, mixed_precision=cfg.training.trainer.get("mixed_precision", True))
     meta = read_meta(path)
     metrics = evaluator(model, int(meta.get("epoch", 0)))
     output_dir = Path(output_dir)

@@ -18,8 +18,9 @@ the class token averages the frames), so a freshly built model draws it from a t
 tokens: a moving-shapes run from scratch sat for 7+ epochs at the direction-blind solution (axis and
 speed right, left/right and up/down at chance), while at 0.5 it learnt the sign of the motion within 5
 epochs (docs/classification.md). At zero, a clip and its reversal are the same input.
-:func:`load_image_weights` zeroes it instead, so that a video ViT started from an image ViT computes, on a clip of T identical
-frames, exactly what the image ViT computes on that frame. ``import fibpolicy`` registers
+:func:`load_image_weights` zeroes it instead, so that a video ViT started from an image ViT computes,
+on a clip of T identical frames, exactly what the image ViT computes on that frame. ``import
+fibpolicy`` registers
 ``vit_fib_video_{tiny,small,base}_patch16_224`` in timm (``attention="dense"`` for the dense twin).
 """
 

@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 @hydra.main(config_path="config", config_name="eval", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Compose the config, run the evaluation."""
-    from fibpolicy.training.run import run_evaluation
+    from fibpolicy.evaluation import run_evaluation
 
     run_evaluation(cfg)
 

@@ -12,7 +12,13 @@ repeats) and the peak memory of one forward+backward of the attention op, for:
 - ``release``: the released method, scores x a (B, h, T, T) 0/1 mask rebuilt with Python loops on
   every call (generously, one slice assignment per diagonal rather than per element);
 - each backend of ``fibpolicy.attention`` that runs on the device (``cpu``: the compiled C kernel;
-  ``triton``: CUDA only) and ``auto``.
+  ``triton``: CUDA only) and ``auto``;
+- the other fixed patterns (``--patterns``; default Longformer, BigBird, 2-D window, axial, strided) at
+  the density matched to Fibottention's at that T (12 heads): each pattern's size knob (window, kernel,
+  stride) is set to the value whose patch-block density is nearest (``match_density``; axial has no
+  knob), on the patch grid ``H x W`` with H the largest divisor of N below sqrt(N). They run with
+  ``auto`` (``--pattern-backends`` for others); the label gives the knob and the density. BigBird's
+  random keys are drawn inside the timed call, as in training.
 
 Peak memory on CPU is the growth of the peak resident set (VmHWM) of a fresh process running the op
 once, over its resident set with inputs allocated and per-shape caches built; on CUDA it is ``torch.cuda.max_memory_allocated`` above the inputs.
@@ -22,10 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -36,16 +44,57 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fibpolicy.attention import (  # noqa: E402
     BACKENDS,
     FibPattern,
+    density,
     diagonal_plan,
     fib_attention,
     fibottention_offsets,
+    match_density,
     select_backend,
 )
 from fibpolicy.attention.backends import backend_status  # noqa: E402
+from fibpolicy.atomic import write_json  # noqa: E402
 
 HEADS, HEAD_DIM = 12, 64
 DEFAULT_TOKENS = (65, 197, 785, 1569, 4097)
 METHODS = ("sdpa", "sdpa+mask", "release", *BACKENDS, "auto")
+PATTERN_NAMES = ("longformer", "bigbird", "window2d", "axial", "strided")
+_KNOBS = {"longformer": "window", "bigbird": "window", "window2d": "kernel_size", "strided": "stride"}
+
+
+def patch_grid(num_patches: int) -> tuple[int, int]:
+    """(H, W) with H the largest divisor of N not above sqrt(N): the square grid when there is one."""
+    h = math.isqrt(num_patches)
+    while num_patches % h:
+        h -= 1
+    return h, num_patches // h
+
+
+@lru_cache(maxsize=None)
+def bench_pattern(name: str, tokens: int):
+    """Pattern ``name`` for T tokens (1 prefix) at the density nearest Fibottention's (12 heads)."""
+    grid = patch_grid(tokens - 1)
+    target = density(FibPattern(num_heads=HEADS), grid)
+    return match_density(name, grid, target, num_heads=HEADS)
+
+
+def pattern_method(name: str, backend: str = "auto") -> str:
+    """The method key of a pattern row."""
+    return f"pattern:{name}:{backend}"
+
+
+def method_label(method: str, tokens: int) -> str:
+    """Table label: the method, or for a pattern row its knob, density and backend."""
+    if not method.startswith("pattern:"):
+        return method
+    _, name, backend = method.split(":")
+    pattern = bench_pattern(name, tokens)
+    knob = _KNOBS.get(name)
+    value = getattr(pattern, knob) if knob else None
+    value = value[0] if isinstance(value, tuple) else value
+    setting = f" {knob}={value}" if knob else ""
+    if backend == "auto":
+        backend = f"auto ({select_backend(tokens, torch.device('cpu'), pattern=pattern)})" if not torch.cuda.is_available() else "auto"
+    return f"{name}{setting} ({100 * density(pattern, patch_grid(tokens - 1)):.2f} %) {backend}"
 
 
 def batch_for(tokens: int) -> int:
@@ -78,6 +127,9 @@ def run_method(method: str, q, k, v, pattern: FibPattern, mode: str) -> torch.Te
         mask = release_mask(q.shape[0], q.shape[-2]).to(q.device, q.dtype)
         scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
         return (scores * mask).softmax(dim=-1) @ v
+    if method.startswith("pattern:"):
+        _, name, backend = method.split(":")
+        return fib_attention(q, k, v, bench_pattern(name, q.shape[-2]), mode=mode, backend=backend)
     return fib_attention(q, k, v, pattern, mode=mode, backend=method)
 
 
@@ -110,6 +162,17 @@ def time_once(method, inputs, grad, pattern, mode, device, backward: bool) -> fl
 
 def warm_caches(method: str, tokens: int, pattern: FibPattern, mode: str, device: str, dtype: torch.dtype) -> None:
     """Build what a model builds once per shape (mask, diagonal plan), outside the measured call."""
+    if method.startswith("pattern:"):
+        _, name, backend = method.split(":")
+        pat = bench_pattern(name, tokens)
+        diagonal_plan(pat, tokens - 1)
+        if backend == "auto":
+            backend = select_backend(tokens, torch.device(device), pattern=pat)
+        if backend in ("dense", "fused"):
+            pat.mask(tokens - 1, device)
+        if backend in ("cpu", "triton"):
+            backend_status(backend, device)
+        return
     if method == "auto":
         method = select_backend(tokens, torch.device(device))
     if method in ("sdpa+mask", "dense", "fused"):
@@ -182,8 +245,9 @@ def benchmark(tokens_list, methods, mode, device, dtype_name, repeats, memory) -
                 fwd[m].append(time_once(m, inputs, grad, pattern, mode, device, False))
                 fwdbwd[m].append(time_once(m, inputs, grad, pattern, mode, device, True))
         for m in active:
+            label = method_label(m, tokens) if m != "auto" else f"auto ({resolved})"
             row = dict(
-                tokens=tokens, batch=inputs[0].shape[0], method=m if m != "auto" else f"auto ({resolved})",
+                tokens=tokens, batch=inputs[0].shape[0], method=label,
                 fwd_ms=1e3 * statistics.median(fwd[m]), fwdbwd_ms=1e3 * statistics.median(fwdbwd[m]),
             )
             row["peak_mb"] = peak_memory_mb(m, tokens, mode, device, dtype_name) if memory else float("nan")
@@ -243,6 +307,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS))
     parser.add_argument("--methods", nargs="+", default=None, choices=METHODS,
                         help="default: every method that runs on the device")
+    parser.add_argument("--patterns", nargs="*", default=list(PATTERN_NAMES), choices=PATTERN_NAMES,
+                        help="other fixed patterns to time at Fibottention's density (none: --patterns)")
+    parser.add_argument("--pattern-backends", nargs="+", default=["auto"], choices=("auto", *BACKENDS),
+                        help="backends the pattern rows run on")
     parser.add_argument("--mode", default="multiplicative", choices=("multiplicative", "additive"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -252,6 +320,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.methods is None:
         args.methods = [m for m in METHODS if m not in BACKENDS or backend_status(m, args.device)[0]]
+    for name in args.patterns:
+        for backend in args.pattern_backends:
+            if backend != "auto" and not backend_status(backend, args.device)[0]:
+                continue
+            if name == "bigbird" and backend in ("fused", "triton"):
+                continue  # fixed patterns only: no random keys
+            args.methods.append(pattern_method(name, backend))
 
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
           f"{args.dtype}, mode {args.mode}, {HEADS} heads x {HEAD_DIM}", flush=True)
@@ -261,9 +336,7 @@ def main() -> None:
     print()
     print(targets(rows))
     if args.json:
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.replace(args.json)
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

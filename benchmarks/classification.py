@@ -20,7 +20,6 @@ target was met; ``--json`` also writes it as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from fibpolicy.atomic import write_json  # noqa: E402
 from fibpolicy.training.run import run_training  # noqa: E402
 
 ENCODERS = {"fib": "vit_fib_tiny", "dense": "vit_dense_tiny"}
@@ -44,7 +44,7 @@ TARGETS: dict[str, dict] = {
         task="digits", threshold=97.0, minutes=10.0,
         overrides={
             # bf16 autocast on the CPU's native bf16 units: a ViT-Ti step takes ~55 % of its fp32 time.
-            "training.trainer.mixed_precision": "bf16",
+            "training.trainer.precision": "bf16",
             # ~17 s an epoch (45 steps), so 32 epochs rather than 100 fit in the budget; testing every
             # other epoch saves another half minute.
             "training.trainer.num_epochs": 32,
@@ -76,7 +76,7 @@ TARGETS: dict[str, dict] = {
     "moving_shapes": dict(
         task="video_moving_shapes", threshold=90.0, minutes=15.0,
         overrides={
-            "training.trainer.mixed_precision": "bf16",
+            "training.trainer.precision": "bf16",
             # 4000 clips an epoch (~1.5 min); the video ViT's temporal embedding scale (time_embed_std=0.5)
             # lets the sign of the motion be learnt by epoch ~5, so 8 epochs rather than 100.
             "training.trainer.num_epochs": 8,
@@ -179,7 +179,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads" + (" (smoke settings)" if args.smoke else ""))
     print(format_table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fibpolicy.data import PUSHT_IMAGE_SHAPE_META, LinearNormalizer  # noqa: E402
-from fibpolicy.policy import DiffusionUnetPolicy  # noqa: E402
+from functools import partial  # noqa: E402
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from fibpolicy.encoders import create_feature_encoder, create_resnet18_gn_encoder  # noqa: E402
+from fibpolicy.policy import DiffusionUnetPolicy, LinearNormalizer  # noqa: E402
+
+with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "config"), version_base=None):
+    PUSHT_IMAGE_SHAPE_META = OmegaConf.to_container(compose("train", ["task=pusht_image"]).task.shape_meta, resolve=True)
 
 ENCODERS = {
-    "vit_fib": dict(image_encoder="vit_fib", image_encoder_kwargs=dict(model_name="vit_fib_base_patch16_224", patch_size=8, pool="mean")),
-    "vit_dense": dict(image_encoder="vit_dense", image_encoder_kwargs=dict(model_name="vit_fib_base_patch16_224", patch_size=8, pool="mean")),
-    "resnet18_gn": dict(image_encoder="resnet18_gn", image_encoder_kwargs={}),
+    "vit_fib": partial(create_feature_encoder, "vit_fib_base_patch16_224", patch_size=8, pool="mean"),
+    "vit_dense": partial(create_feature_encoder, "vit_fib_base_patch16_224", patch_size=8, pool="mean", attention="dense"),
+    "resnet18_gn": create_resnet18_gn_encoder,
 }
 SAMPLERS = (("ddim", 10), ("ddim", 16), ("ddpm", 100))
 
@@ -37,7 +45,7 @@ SAMPLERS = (("ddim", 10), ("ddim", 16), ("ddpm", 100))
 def build_policy(encoder: str, down_dims: list[int], device: torch.device) -> DiffusionUnetPolicy:
     """A PushT image policy with a normaliser fitted on plausible ranges."""
     policy = DiffusionUnetPolicy(
-        PUSHT_IMAGE_SHAPE_META, obs_encoder=dict(crop_shape=84, **ENCODERS[encoder]), down_dims=down_dims,
+        PUSHT_IMAGE_SHAPE_META, obs_encoder=dict(crop_shape=84, image_encoder=ENCODERS[encoder]), down_dims=down_dims,
     )
     normalizer = LinearNormalizer().fit({"action": torch.rand(1000, 2) * 500, "agent_pos": torch.rand(1000, 2) * 500})
     normalizer.set_image_range("image")

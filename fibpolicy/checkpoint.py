@@ -16,7 +16,6 @@ complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_model, save_model
+
+from .atomic import atomic_path
 
 MODEL_FILE, EMA_FILE, STATE_FILE, CONFIG_FILE, META_FILE = (
     "model.safetensors", "ema.safetensors", "trainer_state.pt", "config.yaml", "meta.json",
@@ -60,12 +61,8 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint directory at ``path`` atomically and return it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
         save_model(model, str(tmp / MODEL_FILE))
         if ema_model is not None:
             save_model(ema_model, str(tmp / EMA_FILE))
@@ -75,15 +72,6 @@ def save_checkpoint(
             cfg = config if isinstance(config, DictConfig) else OmegaConf.create(config)
             OmegaConf.save(cfg, tmp / CONFIG_FILE, resolve=True)
         (tmp / META_FILE).write_text(json.dumps({"time": time.time(), **(meta or {})}, indent=1))
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -12,3 +12,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+CONFIG_DIR = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "config")
+
+
+def compose(config_name: str = "train", overrides: list[str] | None = None):
+    """The project's Hydra config, composed as the entry point would (no run directory is made)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(CONFIG_DIR, version_base=None):
+        return hydra_compose(config_name, overrides=list(overrides or []), return_hydra_config=False)
+
+
+def task_shape_meta(task: str) -> dict:
+    """The ``shape_meta`` a task config declares, as a plain dict."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose("train", [f"task={task}"]).task.shape_meta, resolve=True)

@@ -42,7 +42,8 @@ def test_options_reach_every_block_and_prefix_counts_registers():
 def test_timm_vit_weights_load_into_the_fibottention_vit():
     dense = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=5)
     fib = timm.create_model("vit_fib_tiny_patch16_224", img_size=64, num_classes=5)
-    assert fib.load_state_dict(dense.state_dict(), strict=True)
+    result = fib.load_state_dict(dense.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
     x = torch.randn(1, 3, 64, 64)
     assert not torch.allclose(fib(x), dense(x))
 
@@ -74,7 +75,7 @@ def test_feature_encoder_pools(pool, width):
     images = torch.randn(2, 3, 32, 32)
     feats = enc(images)
     assert feats.shape == (2, width)
-    tokens = enc.forward_tokens(images)
+    tokens = enc.vit.forward_features(images)
     if pool == "mean":
         torch.testing.assert_close(feats, tokens[:, 1:].mean(1))
     if pool == "cls":
@@ -86,7 +87,7 @@ def test_token_grid_keeps_raster_order():
     images = torch.randn(2, 3, 48, 48)
     grid = enc.token_grid(images)
     assert grid.shape == (2, 192, 6, 6)
-    tokens = enc.forward_tokens(images)
+    tokens = enc.vit.forward_features(images)
     torch.testing.assert_close(grid[:, :, 1, 2], tokens[:, 1 + 1 * 6 + 2])
 
 

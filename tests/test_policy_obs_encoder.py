@@ -3,14 +3,17 @@
 import pytest
 import torch
 
-from fibpolicy.encoders import count_parameters
+from functools import partial
+
 import torch.nn as nn
 
-from fibpolicy.encoders import ResNet18GNEncoder, ViTFeatureEncoder
+from fibpolicy.encoders import ResNet18GNEncoder, ViTFeatureEncoder, count_parameters, create_feature_encoder, create_resnet18_gn_encoder
 from fibpolicy.policy import MultiImageObsEncoder, crop_images
 from fibpolicy.attention import FibottentionAttention
 
 TINY_VIT = dict(model_name="vit_fib_tiny_patch16_224", patch_size=12, embed_dim=16, depth=1, num_heads=2)
+TINY_FIB = partial(create_feature_encoder, **TINY_VIT)
+TINY_DENSE = partial(create_feature_encoder, **TINY_VIT, attention="dense")
 
 PUSHT = {"obs": {"image": {"shape": [3, 96, 96], "type": "rgb"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
          "action": {"shape": [2]}}
@@ -56,7 +59,7 @@ def test_random_crop_per_image_in_training_centre_crop_in_eval():
 
 
 def test_encoder_crops_randomly_only_in_training():
-    encoder = MultiImageObsEncoder(PUSHT, image_encoder="vit_fib", image_encoder_kwargs=TINY_VIT, crop_shape=84)
+    encoder = MultiImageObsEncoder(PUSHT, image_encoder=TINY_FIB, crop_shape=84)
     images = position_images(8)
     torch.manual_seed(0)
     train_a, train_b = encoder.crop("image", images), encoder.crop("image", images)
@@ -70,8 +73,8 @@ def test_encoder_crops_randomly_only_in_training():
 
 
 def test_shared_vs_separate_encoders_and_robomimic_keys():
-    separate = MultiImageObsEncoder(ROBOMIMIC, image_encoder="vit_dense", image_encoder_kwargs=TINY_VIT, crop_shape=76)
-    shared = MultiImageObsEncoder(ROBOMIMIC, image_encoder="vit_dense", image_encoder_kwargs=TINY_VIT, crop_shape=76,
+    separate = MultiImageObsEncoder(ROBOMIMIC, image_encoder=TINY_DENSE, crop_shape=76)
+    shared = MultiImageObsEncoder(ROBOMIMIC, image_encoder=TINY_DENSE, crop_shape=76,
                                   share_encoder=True)
     single = count_parameters(separate.encoder_for("agentview_image"))
     assert count_parameters(separate) == 2 * single and count_parameters(shared) == single
@@ -85,12 +88,14 @@ def test_shared_vs_separate_encoders_and_robomimic_keys():
 
 
 def test_named_encoders_module_and_factory():
-    fib = MultiImageObsEncoder(PUSHT, image_encoder_kwargs=TINY_VIT)  # default: Fibottention ViT
+    fib = MultiImageObsEncoder(PUSHT, image_encoder=TINY_FIB, crop_shape=84)
     assert isinstance(fib.encoder_for("image"), ViTFeatureEncoder)
     assert any(isinstance(m, FibottentionAttention) for m in fib.modules())
     assert fib.encoder_for("image").vit.patch_embed.img_size == (84, 84)
 
-    resnet = MultiImageObsEncoder(PUSHT, image_encoder="resnet18_gn", crop_shape=84)
+    resnet = MultiImageObsEncoder(PUSHT, image_encoder=create_resnet18_gn_encoder, crop_shape=84)
+    named = MultiImageObsEncoder(PUSHT, image_encoder="vit_fib_tiny_patch16_224", crop_shape=84)  # a timm name
+    assert named.encoder_for("image").vit.patch_embed.img_size == (84, 84) and named.output_dim == 192 + 2
     assert isinstance(resnet.encoder_for("image"), ResNet18GNEncoder) and resnet.output_dim == 64 + 2
 
     class Tiny(nn.Module):  # no output_dim: inferred from a dummy forward
@@ -103,7 +108,7 @@ def test_named_encoders_module_and_factory():
 
     two_cams = {"obs": {k: v for k, v in ROBOMIMIC["obs"].items() if "image" in k}, "action": {"shape": [7]}}
     from_module = MultiImageObsEncoder(two_cams, image_encoder=Tiny(), crop_shape=None)
-    from_factory = MultiImageObsEncoder(two_cams, image_encoder=Tiny, crop_shape=None, share_encoder=True)
+    from_factory = MultiImageObsEncoder(two_cams, image_encoder=lambda img_size, in_chans: Tiny(), crop_shape=None, share_encoder=True)
     assert from_module.output_dim == from_factory.output_dim == 8
     assert count_parameters(from_module) == 2 * count_parameters(from_factory)
 
@@ -115,10 +120,12 @@ def test_named_encoders_module_and_factory():
 
 def test_errors():
     with pytest.raises(ValueError, match="does not fit"):
-        MultiImageObsEncoder(PUSHT, image_encoder="resnet18_gn", crop_shape=100)
-    with pytest.raises(ValueError, match="must be one of"):
+        MultiImageObsEncoder(PUSHT, image_encoder=create_resnet18_gn_encoder, crop_shape=100)
+    with pytest.raises(ValueError, match="'vgg' is not a timm-registered model"):
         MultiImageObsEncoder(PUSHT, image_encoder="vgg")
-    encoder = MultiImageObsEncoder(PUSHT, image_encoder_kwargs=TINY_VIT)
+    with pytest.raises(ValueError, match="type must be one of"):
+        MultiImageObsEncoder({"obs": {"image": {"shape": [3, 8, 8], "type": "depth"}}, "action": {"shape": [2]}})
+    encoder = MultiImageObsEncoder(PUSHT, image_encoder=TINY_FIB)
     with pytest.raises(KeyError, match="agent_pos"):
         encoder({"image": torch.rand(2, 3, 96, 96)})
     with pytest.raises(ValueError, match=r"obs 'image': expected \(N, 3, 96, 96\)"):

@@ -1,15 +1,34 @@
-"""PushT demonstration writer: replay-buffer layout, round trip, replay check, CLI and errors."""
+"""PushT demonstrations recorded into a replay buffer: layout, round trip, replay check, prepare.py and errors."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
 from envs.pusht import PushTEnv, block_keypoints
-from envs.pusht.demos import DATA_SPEC, generate_demos, load_episode, main, record_episode, replay_states
+from envs.pusht.demos import DATA_SPEC, expert_episodes, record_episode, replay_states
+from fibpolicy.data import ReplayBuffer, ReplayBufferError, ensure_demos, record_demos
+
+ATTRS = {"generator": "envs.pusht.demos", "env": "fibpolicy/PushT-v0", "legacy": True}
+
+
+def generate_demos(out, episodes, seed_start=0, workers=1, max_steps=300, **kwargs):
+    source = partial(expert_episodes, episodes=episodes, seed_start=seed_start, workers=workers, max_steps=max_steps)
+    return record_demos(out, source, total=episodes, attrs=ATTRS, **kwargs)
+
+
+def load_episode(path, index):
+    buffer = ReplayBuffer.open(path)
+    ep = buffer.get_episode(index)
+    ep["seed"] = int(zarr.open_group(str(path), mode="r")["meta/episode_seeds"][index])
+    return ep
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +52,13 @@ def test_layout_is_the_public_replay_buffer(short_buffer):
         assert arr.shape == shape
         assert arr.dtype == DATA_SPEC[name][1]
     assert root["data/img"].chunks == (1, 96, 96, 3)
+    assert dict(root.attrs) == ATTRS
     np.testing.assert_array_equal(root["meta/episode_ends"][:], [15, 30])
     assert root["meta/episode_ends"].dtype == np.int64
     np.testing.assert_array_equal(root["meta/episode_seeds"][:], [3, 4])
     assert root["meta/episode_seeds"].dtype == np.int64
     np.testing.assert_array_equal(root["meta/episode_success"][:], [False, False])
-    assert not list(out.parent.glob(".short.zarr.tmp*"))  # the temporary store was renamed
+    assert not list(out.parent.glob(".short.zarr.*"))  # the temporary store was renamed
 
 
 def test_rows_are_observation_before_action(short_buffer):
@@ -66,10 +86,9 @@ def test_replaying_stored_actions_reproduces_stored_states(short_buffer):
 
 
 def test_failed_episodes_are_dropped_by_default(tmp_path):
-    summary = generate_demos(tmp_path / "none.zarr", episodes=1, seed_start=0, progress=False, max_steps=3)
-    assert summary["episodes_written"] == 0 and summary["successes"] == 0 and summary["frames"] == 0
-    root = zarr.open_group(str(tmp_path / "none.zarr"), mode="r")
-    assert root["data/img"].shape == (0, 96, 96, 3) and root["meta/episode_ends"].shape == (0,)
+    with pytest.raises(ReplayBufferError, match="none of the 1 episodes succeeded"):
+        generate_demos(tmp_path / "none.zarr", episodes=1, seed_start=0, progress=False, max_steps=3)
+    assert not (tmp_path / "none.zarr").exists() and not list(tmp_path.iterdir())  # nothing half-written
 
 
 def test_existing_output_needs_overwrite(tmp_path):
@@ -85,22 +104,34 @@ def test_existing_output_needs_overwrite(tmp_path):
 
 
 def test_bad_arguments_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match="episodes"):
+    with pytest.raises(ValueError, match="episodes must be >= 1, got 0"):
         generate_demos(tmp_path / "a.zarr", episodes=0, progress=False)
-    with pytest.raises(ValueError, match="workers"):
+    with pytest.raises(ValueError, match="workers must be >= 1"):
         generate_demos(tmp_path / "a.zarr", episodes=1, workers=0, progress=False)
     assert not (tmp_path / "a.zarr").exists()
 
 
-def test_cli_prints_summary_and_refuses_overwrite(tmp_path, capsys):
-    out = tmp_path / "cli.zarr"
-    args = ["--out", str(out), "--episodes", "1", "--seed-start", "2", "--keep-failed", "--max-steps", "4"]
-    assert main(args) == 0
-    printed = capsys.readouterr().out
-    assert "1 of 1 episodes" in printed and "success rate" in printed and "4 frames" in printed
-    assert main(args) == 2
-    assert "already exists" in capsys.readouterr().err
-    assert main(args + ["--overwrite"]) == 0
+def test_ensure_demos_records_once_and_reuses_the_store(tmp_path):
+    out = tmp_path / "cached.zarr"
+    calls = []
+
+    def source():
+        calls.append(1)
+        return expert_episodes(episodes=1, seed_start=2, workers=1, max_steps=4)
+
+    assert ensure_demos(out, source, keep_failed=True, progress=False) == out and len(calls) == 1
+    assert ensure_demos(out, source, keep_failed=True, progress=False) == out and len(calls) == 1  # reused
+
+
+def test_prepare_entry_point_records_the_tasks_store(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "prepare.py"), f"data_dir={tmp_path}", "task.prepare.source.episodes=1",
+           "+task.prepare.progress=false"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    buffer = ReplayBuffer.open(tmp_path / "pusht_expert_200.zarr")
+    assert buffer.n_episodes == 1 and set(buffer.keys()) == set(DATA_SPEC)
+    assert "data ready at" in res.stdout and "pusht_expert_200.zarr" in res.stdout
 
 
 def test_worker_processes_give_the_same_buffer(tmp_path):

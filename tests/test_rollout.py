@@ -10,16 +10,24 @@ import torch
 
 from envs.pusht import PushTEnv
 from fibpolicy.rollout import EpisodeSpec, RolloutRunner, protocol_episodes
-from fibpolicy.rollout.video import read_mp4
+from fibpolicy.data import read_mp4
 
 
 class DriftPolicy:
-    """Deterministic: each action steps from the latest agent position towards (256, 256) + offsets."""
+    """Deterministic: each chunk steps from the latest agent position towards (256, 256); 8 actions a chunk."""
 
     def predict_action(self, obs):
         pos = obs["agent_pos"][:, -1].double()  # (B, 2) latest observation
         steps = torch.arange(1, 9, dtype=torch.float64)[None, :, None]
         return {"action": pos[:, None, :] + 6.0 * steps * torch.sign(256.0 - pos)[:, None, :]}
+
+    def reset(self):
+        self.queue = []
+
+    def select_action(self, obs):
+        if not self.queue:
+            self.queue = list(self.predict_action({"agent_pos": obs["agent_pos"][:, None]})["action"].unbind(1))
+        return self.queue.pop(0)
 
 
 def identity(obs):
@@ -111,4 +119,4 @@ def test_runner_argument_errors():
     with pytest.raises(ValueError, match="no episodes"):
         RolloutRunner(PushTEnv, [], obs_transform=identity)
     with pytest.raises(ValueError, match=">= 1"):
-        RolloutRunner(PushTEnv, [EpisodeSpec(0)], obs_transform=identity, n_action_steps=0)
+        RolloutRunner(PushTEnv, [EpisodeSpec(0)], obs_transform=identity, max_steps=0)

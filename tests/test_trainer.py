@@ -187,32 +187,32 @@ class PrecisionProbe(nn.Module):
         return ((pred.float() - batch["y"]) ** 2).mean()
 
 
-def test_bf16_autocast_on_cpu_only_when_asked_for(tmp_path, monkeypatch):
-    from fibpolicy.training import trainer as trainer_module
-    from fibpolicy.training.trainer import resolve_bf16
+def test_precision_auto_follows_the_hardware_and_bf16_fp32_force(tmp_path, monkeypatch):
+    from fibpolicy import device as device_module
+    from fibpolicy.device import use_bf16
 
     cpu = torch.device("cpu")
-    # True keeps the policy recipes' meaning: bf16 on CUDA, fp32 on a CPU.
-    assert resolve_bf16(True, cpu) is False and resolve_bf16(True, "cuda") is True
-    assert resolve_bf16(False, "cuda") is False and resolve_bf16("fp32", "cuda") is False
     with pytest.raises(ValueError, match="'fp16'"):
-        resolve_bf16("fp16", cpu)
+        use_bf16("fp16", cpu)
+    assert use_bf16("fp32", cpu) is False
 
-    # A CPU with native bf16 (forced, so the test runs on any CPU): training and validation in bf16.
-    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: True)
+    # A CPU with native bf16 (forced, so the test runs on any CPU): auto trains and validates in bf16.
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: True)
+    assert use_bf16("auto", cpu) is True
     torch.manual_seed(0)
     model = PrecisionProbe()
-    Trainer(model, PairDataset(16), run_dir=tmp_path / "bf16", val_dataset=PairDataset(8, seed=1), num_epochs=1,
-            batch_size=8, mixed_precision="bf16", progress=False, checkpoint_every_epochs=1).fit()
+    Trainer(model, PairDataset(16), run_dir=tmp_path / "auto", val_dataset=PairDataset(8, seed=1), num_epochs=1,
+            batch_size=8, precision="auto", progress=False, checkpoint_every_epochs=1).fit()
     assert model.seen == [("train", torch.bfloat16)] * 2 + [("eval", torch.bfloat16)]
 
     torch.manual_seed(0)
     model = PrecisionProbe()
-    Trainer(model, PairDataset(16), run_dir=tmp_path / "default", val_dataset=PairDataset(8, seed=1), num_epochs=1,
-            batch_size=8, mixed_precision=True, progress=False, checkpoint_every_epochs=1).fit()
+    Trainer(model, PairDataset(16), run_dir=tmp_path / "fp32", val_dataset=PairDataset(8, seed=1), num_epochs=1,
+            batch_size=8, precision="fp32", progress=False, checkpoint_every_epochs=1).fit()
     assert {dtype for _, dtype in model.seen} == {torch.float32}
 
-    # Without native bf16 the run warns and stays in fp32 (emulated bf16 would be slower).
-    monkeypatch.setattr(trainer_module, "native_bf16", lambda device: False)
-    with pytest.warns(RuntimeWarning, match="no native bf16"):
-        assert resolve_bf16("bf16", cpu) is False
+    # Without native bf16, auto stays in fp32 (emulated bf16 is slower); bf16 forces it, with a warning.
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: False)
+    assert use_bf16("auto", cpu) is False
+    with pytest.warns(RuntimeWarning, match="without native bf16"):
+        assert use_bf16("bf16", cpu) is True

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from diffusers.training_utils import EMAModel as DiffusersEMA
 
-from fibpolicy.data import LinearNormalizer
+from fibpolicy.policy import LinearNormalizer
 from fibpolicy.training import EMAModel
 
 

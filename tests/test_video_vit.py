@@ -6,7 +6,7 @@ import torch
 
 import fibpolicy  # noqa: F401  (registers vit_fib_video_*)
 from fibpolicy.attention import FibottentionAttention
-from fibpolicy.checkpoint import save_checkpoint
+from fibpolicy.checkpoint import MODEL_FILE, save_checkpoint
 from fibpolicy.encoders import VideoVisionTransformer, load_image_weights, video_variant
 from fibpolicy.training.classifier import classification_optimizer
 
@@ -57,7 +57,9 @@ def test_from_image_weights_a_static_clip_equals_the_image_model(tmp_path, atten
     wrapper = torch.nn.Module()
     wrapper.backbone = image
     save_checkpoint(tmp_path / "ckpt", model=wrapper)
-    report = load_image_weights(video, tmp_path / "ckpt")
+    report = load_image_weights(video, tmp_path / "ckpt" / MODEL_FILE)
+    with pytest.raises(IsADirectoryError, match="resolve_checkpoint"):  # encoders know no run-directory layout
+        load_image_weights(video, tmp_path / "ckpt")
     assert not report["skipped"] and set(report["initialised"]) == {
         "time_embed", *[f"blocks.{i}.temporal_fc.{p}" for i in range(2) for p in ("weight", "bias")]}
     assert len(report["temporal_from_spatial"]) == 2 * (4 + 2)  # qkv, proj (weight + bias) and norm per block

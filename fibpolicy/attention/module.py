@@ -12,12 +12,16 @@ from .pattern import PRESETS, FibPattern
 
 
 class FibottentionAttention(nn.Module):
-    """Multi-head self-attention restricted to Fibottention's per-head diagonals.
+    """Multi-head self-attention restricted to Fibottention's per-head diagonals (or another fixed pattern).
 
     Same sub-modules and parameter names as ``timm.layers.Attention`` (``qkv``, ``q_norm``,
     ``k_norm``, ``attn_drop``, ``norm``, ``proj``, ``proj_drop``), so timm ViT weights load as they
     are. The number of patch tokens is read from the input at run time, so one module serves any
     image size; the pattern for each size is built once and cached.
+
+    ``pattern``: a ready-made pattern object from ``fibpolicy.attention.patterns`` (Longformer, BigBird,
+    2-D windows, ...) instead of Fibottention's; the Fibottention options (``layer``, ``w_min``, ...)
+    must then stay at their defaults, since the pattern carries its own.
     """
 
     backends: tuple[str, ...] = ("auto", *BACKENDS)
@@ -43,6 +47,7 @@ class FibottentionAttention(nn.Module):
         modified: bool = False,
         preset: str = "release",
         num_prefix_tokens: int = 1,
+        pattern=None,
         device=None,
         dtype=None,
     ) -> None:
@@ -68,10 +73,21 @@ class FibottentionAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.mode = mode
         self.backend = backend
-        self.pattern = FibPattern(
-            num_heads=num_heads, num_prefix_tokens=num_prefix_tokens, preset=preset, w_min=w_min,
-            w_max=w_max, modified=modified, layer=layer,
-        )
+        if pattern is None:
+            self.pattern = FibPattern(
+                num_heads=num_heads, num_prefix_tokens=num_prefix_tokens, preset=preset, w_min=w_min,
+                w_max=w_max, modified=modified, layer=layer,
+            )
+        else:
+            if (w_min, w_max, modified, preset) != (5, None, False, "release"):
+                raise ValueError("Fibottention options (w_min, w_max, modified, preset) given with an explicit pattern")
+            if pattern.num_heads != num_heads:
+                raise ValueError(f"pattern has {pattern.num_heads} heads but the attention has {num_heads}")
+            if pattern.num_prefix_tokens != num_prefix_tokens:
+                raise ValueError(
+                    f"pattern has {pattern.num_prefix_tokens} prefix tokens but the attention has {num_prefix_tokens}"
+                )
+            self.pattern = pattern
 
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
         self.q_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
@@ -90,7 +106,7 @@ class FibottentionAttention(nn.Module):
         """The backend a forward pass over ``num_tokens`` tokens on ``device`` will use."""
         if self.backend != "auto":
             return self.backend
-        return select_backend(num_tokens, device, dropout_p=self._dropout_p())
+        return select_backend(num_tokens, device, dropout_p=self._dropout_p(), pattern=self.pattern)
 
     def _dropout_p(self) -> float:
         return self.attn_drop.p if self.training else 0.0
@@ -122,6 +138,9 @@ class FibottentionAttention(nn.Module):
 
     def extra_repr(self) -> str:  # noqa: D102
         p = self.pattern
+        if not isinstance(p, FibPattern):
+            spec = ", ".join(f"{k}={v}" for k, v in p.spec().items() if k not in ("num_heads",))
+            return f"heads={self.num_heads}, mode={self.mode}, backend={self.backend}, pattern: {spec}"
         return (
             f"heads={self.num_heads}, layer={p.layer}, mode={self.mode}, backend={self.backend}, "
             f"preset={p.preset}, w_min={p.w_min}, w_max={p.w_max}, modified={p.modified}, "

@@ -183,7 +183,8 @@ def write_moving_shapes(
     The list file has one ``<split>/<index>.mp4 <label>`` line per video (paths relative to ``out_dir``),
     the release's format; ``dataset_kwargs`` go to :class:`MovingShapesDataset`. Returns the list path.
     """
-    from ..rollout.video import write_mp4  # H.264 writer shared with rollout videos
+    from ..atomic import write_text
+    from .mp4 import write_mp4
 
     data = MovingShapesDataset(num_videos, split=split, **dataset_kwargs)
     out_dir = Path(out_dir)
@@ -193,6 +194,6 @@ def write_moving_shapes(
         write_mp4(list(data.video(index)), out_dir / relative, fps=fps)
         lines.append(f"{relative.as_posix()} {int(data.targets[index])}")
     list_path = out_dir / f"{split}.txt"
-    list_path.write_text("\n".join(lines) + "\n")
-    (out_dir / "classes.txt").write_text("\n".join(data.classes) + "\n")
+    write_text(list_path, "\n".join(lines) + "\n")
+    write_text(out_dir / "classes.txt", "\n".join(data.classes) + "\n")
     return list_path

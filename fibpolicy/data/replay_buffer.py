@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
+
 __all__ = [
     "ArraySpec",
     "ReplayBuffer",
@@ -351,13 +353,23 @@ def _time_chunk(step_shape: tuple[int, ...], dtype: np.dtype) -> int:
 
 
 class ReplayBufferWriter:
-    """Append episodes to a new format-2 store; ``close()`` writes ``meta/episode_ends`` and renames it into place.
+    """Append episodes to a new format-2 store; ``close()`` writes ``meta/`` and moves the store into place.
 
-    The store is built under a hidden temporary name next to ``path``; a path ending in ``.zip`` is packed into
-    an uncompressed zip at the end. Use as a context manager: an exception discards the temporary store.
+    The one writer of replay buffers (generated demonstrations, converted datasets), fed episode by
+    episode. The store is built under a hidden temporary name next to ``path`` and published with
+    ``fibpolicy.atomic``; a path ending in ``.zip`` is packed into an uncompressed zip at the end. Each
+    episode may carry scalars (``meta={"seed": 3}``), stored as ``meta/episode_<name>`` arrays; ``attrs``
+    go to the root group. Use as a context manager: an exception discards the temporary store.
     """
 
-    def __init__(self, path: str | os.PathLike, *, overwrite: bool = False, compressors: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        compressors: Mapping[str, Any] | None = None,
+        attrs: Mapping[str, Any] | None = None,
+    ) -> None:
         import zarr
 
         self.path = Path(path)
@@ -365,13 +377,14 @@ class ReplayBufferWriter:
             raise FileExistsError(f"replay buffer {self.path} already exists (pass overwrite=True to replace it)")
         self.overwrite = overwrite
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._tmp_dir = self.path.parent / f".{self.path.name}.tmp-{tag}"
-        self._root = zarr.open_group(str(self._tmp_dir), mode="w", zarr_format=2)
+        self._build_dir = self.path.parent / f".{self.path.name}.build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._root = zarr.open_group(str(self._build_dir), mode="w", zarr_format=2)
         self._data = self._root.create_group(DATA_GROUP)
         self._root.create_group("meta")
+        self._attrs = dict(attrs or {})
         self._compressors = dict(compressors or {})
         self._ends: list[int] = []
+        self._episode_meta: dict[str, list[Any]] = {}
         self._specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
         self._closed = False
 
@@ -379,7 +392,11 @@ class ReplayBufferWriter:
     def n_episodes(self) -> int:
         return len(self._ends)
 
-    def add_episode(self, episode: Mapping[str, Any]) -> None:
+    @property
+    def n_steps(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def add_episode(self, episode: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> None:
         """Append one episode: a dict of (T, ...) arrays with the same T and, after the first, the same keys."""
         if self._closed:
             raise RuntimeError(f"writer for {self.path} is closed")
@@ -390,6 +407,11 @@ class ReplayBufferWriter:
         length = next(iter(lengths.values()))
         if length <= 0 or any(n != length for n in lengths.values()):
             raise ReplayBufferError(f"{self.path}: episode {self.n_episodes} has lengths {lengths}, expected one length > 0")
+        meta = dict(meta or {})
+        if self._ends and set(meta) != set(self._episode_meta):
+            raise ReplayBufferError(
+                f"{self.path}: episode {self.n_episodes} has meta {sorted(meta)}, expected {sorted(self._episode_meta)}"
+            )
         if not self._specs:
             for key, arr in arrays.items():
                 step, dtype = tuple(arr.shape[1:]), arr.dtype
@@ -412,7 +434,9 @@ class ReplayBufferWriter:
                 )
         for key, arr in arrays.items():
             self._data[key].append(arr, axis=0)
-        self._ends.append((self._ends[-1] if self._ends else 0) + length)
+        for key, value in meta.items():
+            self._episode_meta.setdefault(key, []).append(value)
+        self._ends.append(self.n_steps + length)
 
     def close(self) -> Path:
         """Finish the store and move it to ``path``; returns ``path``."""
@@ -421,35 +445,29 @@ class ReplayBufferWriter:
         if not self._ends:
             self.abort()
             raise ReplayBufferError(f"{self.path}: no episodes were added; refusing to write an empty replay buffer")
-        self._root["meta"].create_array(
-            "episode_ends", data=np.asarray(self._ends, dtype=np.int64), chunks=(len(self._ends),), compressor=None,
-        )
-        self._closed = True
-        if _is_zip(self.path):
-            tmp_zip = self._tmp_dir.with_name(self._tmp_dir.name + ".zip")
-            with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for file in sorted(p for p in self._tmp_dir.rglob("*") if p.is_file()):
-                    zf.write(file, file.relative_to(self._tmp_dir).as_posix())
-            shutil.rmtree(self._tmp_dir)
-            self._replace(tmp_zip)
-        else:
-            self._replace(self._tmp_dir)
+        try:
+            meta = self._root["meta"]
+            meta.create_array(
+                "episode_ends", data=np.asarray(self._ends, dtype=np.int64), chunks=(len(self._ends),), compressor=None,
+            )
+            for key, values in self._episode_meta.items():
+                meta.create_array(f"episode_{key}", data=np.asarray(values), chunks=(len(values),), compressor=None)
+            self._root.attrs.update(self._attrs)
+            with atomic_path(self.path, overwrite=self.overwrite) as tmp:
+                if _is_zip(self.path):
+                    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                        for file in sorted(p for p in self._build_dir.rglob("*") if p.is_file()):
+                            zf.write(file, file.relative_to(self._build_dir).as_posix())
+                else:
+                    os.replace(self._build_dir, tmp)
+        finally:
+            self.abort()
         return self.path
-
-    def _replace(self, tmp: Path) -> None:
-        if self.path.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"replay buffer {self.path} appeared while writing; not overwriting it")
-            if self.path.is_dir():
-                shutil.rmtree(self.path)
-            else:
-                self.path.unlink()
-        os.replace(tmp, self.path)
 
     def abort(self) -> None:
         """Discard the temporary store."""
         self._closed = True
-        shutil.rmtree(self._tmp_dir, ignore_errors=True)
+        shutil.rmtree(self._build_dir, ignore_errors=True)
 
     def __enter__(self) -> "ReplayBufferWriter":
         return self

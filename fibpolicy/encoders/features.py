@@ -1,4 +1,10 @@
-"""The feature interface shared by the policy and the classifiers: images -> vector, or -> token grid."""
+"""The feature interface shared by the policy and the classifiers: images -> vector, or -> token grid.
+
+``create_feature_encoder(model_name, img_size=..., in_chans=...)`` builds any timm-registered model as a
+feature encoder: ``forward`` gives one vector per image (``output_dim`` wide), ``token_grid`` the final
+feature map as (B, C, H', W'). ViTs pool with timm's own head (``global_pool``) and give the grid through
+``forward_intermediates``; convolutional models pool their ``forward_features`` map.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +17,24 @@ from timm.models.vision_transformer import VisionTransformer
 
 from . import vit as _vit  # noqa: F401  (registers the vit_fib_* models in timm)
 
-__all__ = ["POOLS", "ViTFeatureEncoder", "create_vit_encoder"]
+__all__ = ["ConvFeatureEncoder", "POOLS", "ViTFeatureEncoder", "create_feature_encoder", "create_vit_encoder"]
 
 POOLS = ("cls", "mean", "both")
+_TIMM_POOL = {"cls": "token", "mean": "avg", "both": "token"}
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.dim() != 4:
+        raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
 
 
 class ViTFeatureEncoder(nn.Module):
     """Wraps a timm ViT: ``forward`` gives one feature vector per image, ``token_grid`` the patch tokens.
 
     ``pool="mean"`` averages the patch tokens after the final norm (what the Fibottention robot
-    experiments used), ``"cls"`` takes the class token, ``"both"`` concatenates the two.
+    experiments used), ``"cls"`` takes the class token, ``"both"`` concatenates the two. The ViT's timm
+    ``global_pool`` must match (``avg`` / ``token``), with the final norm on the tokens (no ``fc_norm``),
+    as ``create_feature_encoder`` builds it.
     """
 
     def __init__(self, vit: VisionTransformer, pool: str = "mean") -> None:
@@ -29,6 +43,8 @@ class ViTFeatureEncoder(nn.Module):
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         if pool in ("cls", "both") and getattr(vit, "cls_token", None) is None:
             raise ValueError(f"pool={pool!r} needs a class token, but the ViT was built with class_token=False")
+        if vit.global_pool != _TIMM_POOL[pool]:
+            raise ValueError(f"pool={pool!r} needs a ViT with global_pool={_TIMM_POOL[pool]!r}, got {vit.global_pool!r}")
         self.vit = vit
         self.pool = pool
         self.embed_dim = vit.embed_dim
@@ -39,44 +55,88 @@ class ViTFeatureEncoder(nn.Module):
         """Class and register tokens in front of the patch tokens."""
         return self.vit.num_prefix_tokens
 
-    def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """All tokens after the final norm, (B, prefix + patches, C)."""
-        if images.dim() != 4:
-            raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(images.shape)}")
-        return self.vit.forward_features(images)
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B, output_dim) features."""
-        tokens = self.forward_tokens(images)
-        if self.pool == "cls":
-            return tokens[:, 0]
-        mean = tokens[:, self.num_prefix_tokens :].mean(dim=1)
-        return mean if self.pool == "mean" else torch.cat([tokens[:, 0], mean], dim=-1)
+        _check_images(images)
+        tokens = self.vit.forward_features(images)
+        pooled = self.vit.forward_head(tokens, pre_logits=True)
+        if self.pool != "both":
+            return pooled
+        return torch.cat([pooled, tokens[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)
 
     def token_grid(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images -> patch tokens laid out as a (B, embed_dim, H / patch, W / patch) grid."""
-        tokens = self.forward_tokens(images)[:, self.num_prefix_tokens :]
-        grid_h, grid_w = self.vit.patch_embed.dynamic_feat_size(images.shape[-2:])
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], self.embed_dim, grid_h, grid_w)
+        """(B, C, H, W) images -> normed patch tokens as a (B, embed_dim, H / patch, W / patch) grid."""
+        _check_images(images)
+        return self.vit.forward_intermediates(images, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[-1]
+
+
+class ConvFeatureEncoder(nn.Module):
+    """Wraps a timm convolutional model whose ``forward_features`` gives a (B, C, H', W') map.
+
+    ``pool="mean"`` is global average pooling of that map (the only pooling such models have here).
+    """
+
+    def __init__(self, model: nn.Module, pool: str = "mean") -> None:
+        super().__init__()
+        if pool != "mean":
+            raise ValueError(f"{type(model).__name__} has no class token: pool must be 'mean', got {pool!r}")
+        self.model = model
+        self.pool = pool
+        self.output_dim = int(model.num_features)
+
+    def token_grid(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> the final (B, num_features, H', W') feature map."""
+        _check_images(images)
+        grid = self.model.forward_features(images)
+        if grid.dim() != 4:
+            raise ValueError(f"{type(self.model).__name__}.forward_features gave {tuple(grid.shape)}, expected (B, C, H, W)")
+        return grid
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images -> (B, output_dim) pooled features."""
+        return self.token_grid(images).mean(dim=(2, 3))
+
+
+def create_feature_encoder(
+    model_name: str,
+    *,
+    img_size: int | tuple[int, int] = 84,
+    in_chans: int = 3,
+    pool: str = "mean",
+    **kwargs: Any,
+) -> nn.Module:
+    """A feature encoder from any timm-registered model name (``kwargs`` are its constructor keywords).
+
+    The policy's observation encoder calls this per camera with the crop size and channels of that
+    camera; encoder configs give ``model_name`` and the rest (e.g. ``patch_size: 8``, ``attention: dense``).
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if not timm.models.is_model(model_name):
+        raise ValueError(f"{model_name!r} is not a timm-registered model (fibpolicy's own: {timm.list_models('*fib*')})")
+    model = timm.create_model(model_name, img_size=img_size, in_chans=in_chans, num_classes=0, **kwargs)
+    if isinstance(model, VisionTransformer):
+        # Built with timm's default token pooling (final norm on the tokens, no fc_norm); the pooling the
+        # encoder wants is then only a change of ``global_pool``.
+        model.reset_classifier(0, _TIMM_POOL[pool])
+        return ViTFeatureEncoder(model, pool=pool)
+    return ConvFeatureEncoder(model, pool=pool)
 
 
 def create_vit_encoder(
     model_name: str = "vit_fib_base_patch16_224",
     *,
-    img_size: int = 84,
+    img_size: int | tuple[int, int] = 84,
     patch_size: int = 8,
     pool: str = "mean",
     in_chans: int = 3,
     **kwargs: Any,
 ) -> ViTFeatureEncoder:
-    """A feature encoder from any timm ViT name; ``attention="dense"`` gives the dense twin of a ``vit_fib_*``.
+    """A ViT feature encoder; defaults follow the Fibottention robot experiments (patch 8 on an 84-pixel crop).
 
-    Defaults follow the Fibottention robot experiments (patch 8 on an 84-pixel crop, mean of patch tokens).
+    ``attention="dense"`` gives the dense twin of a ``vit_fib_*`` model.
     """
-    vit = timm.create_model(
-        model_name, img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0,
-        global_pool="token", **kwargs,
-    )
-    if not isinstance(vit, VisionTransformer):
-        raise ValueError(f"{model_name!r} is a {type(vit).__name__}, expected a timm VisionTransformer")
-    return ViTFeatureEncoder(vit, pool=pool)
+    encoder = create_feature_encoder(model_name, img_size=img_size, in_chans=in_chans, pool=pool, patch_size=patch_size, **kwargs)
+    if not isinstance(encoder, ViTFeatureEncoder):
+        raise ValueError(f"{model_name!r} is not a timm VisionTransformer")
+    return encoder

@@ -7,6 +7,8 @@ soft-argmax expected (x, y) per keypoint in [-1, 1] (64 values), ``Linear(64, 64
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -80,7 +82,10 @@ class ResNet18GNEncoder(nn.Module):
 
 
 def create_resnet18_gn_encoder(
-    *, in_chans: int = 3, num_keypoints: int = 32, feature_dim: int = 64, group_size: int = 16
+    *, img_size: Any = None, in_chans: int = 3, num_keypoints: int = 32, feature_dim: int = 64, group_size: int = 16
 ) -> ResNet18GNEncoder:
-    """The reference per-camera encoder (keyword style of ``create_vit_encoder``)."""
+    """The reference per-camera encoder, with the factory keywords of ``create_feature_encoder``.
+
+    ``img_size`` is accepted and unused: the trunk is fully convolutional and the spatial soft-max adapts.
+    """
     return ResNet18GNEncoder(in_chans=in_chans, num_keypoints=num_keypoints, feature_dim=feature_dim, group_size=group_size)

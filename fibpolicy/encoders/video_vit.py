@@ -36,17 +36,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Attention, resample_abs_pos_embed, resample_patch_embed, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from .vit import ATTENTION_KINDS, FIB_OPTIONS, VIT_SIZES, fibottentionize, register_sizes
+from .vit import ATTENTION_KINDS, FIB_OPTIONS, VIT_SIZES, fibottentionize
 
 __all__ = [
     "DividedSpaceTimeBlock",
     "VideoVisionTransformer",
     "load_image_weights",
+    "read_weights",
     "video_variant",
     "video_vision_transformer",
+    "vit_fib_video_base_patch16_224",
+    "vit_fib_video_small_patch16_224",
+    "vit_fib_video_tiny_patch16_224",
 ]
 
 
@@ -174,15 +178,16 @@ def video_vision_transformer(
 ) -> VideoVisionTransformer:
     """A :class:`VideoVisionTransformer` with Fibottention (``attention="fib"``) or dense spatial attention.
 
-    Temporal attention is always dense. Fibottention options (``mode``, ``backend``, ``w_min``, ...) apply
-    to the spatial attention, whose sequence is one frame's patches plus the class token.
+    Temporal attention is always dense. Fibottention options (``mode``, ``backend``, ``w_min``, ...) and
+    ``pattern`` / ``pattern_options`` apply to the spatial attention, whose sequence is one frame's
+    patches plus the class token (so 2-D patterns see the frame's patch grid).
     """
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
     if pretrained:
         raise ValueError(
             f"no pretrained weights are published for {variant!r}; build it and call "
-            "fibpolicy.encoders.load_image_weights(model, image_vit_or_checkpoint) to start from an image ViT"
+            "fibpolicy.encoders.load_image_weights(model, image_vit_or_weights_file) to start from an image ViT"
         )
     fib_options = {name: kwargs.pop(name) for name in FIB_OPTIONS if name in kwargs}
     if attention == "dense" and fib_options:
@@ -211,23 +216,36 @@ def video_variant(image_model_name: str) -> str:
 # --------------------------------------------------------------------------------- image-ViT weights
 
 
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a weights file: ``.safetensors``, else a ``torch.save`` file (``.pt``, ``.pth``, ``.bin``).
+
+    Only files: encoders do not know where a training run keeps its weights (resolve a run or
+    checkpoint directory first, e.g. ``fibpolicy.checkpoint.resolve_checkpoint(run) / MODEL_FILE``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a directory; pass a weights file (.safetensors or .pt). For a fibpolicy run or checkpoint "
+            "directory use fibpolicy.checkpoint.resolve_checkpoint(path) / fibpolicy.checkpoint.MODEL_FILE"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"no image-ViT weights at {path} (expected a .safetensors or .pt file)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} holds a {type(state).__name__}, expected a state dict (name -> tensor)")
+    return dict(state)
+
+
 def _image_state_dict(source: nn.Module | Mapping[str, torch.Tensor] | str | Path) -> dict[str, torch.Tensor]:
     if isinstance(source, nn.Module):
         return dict(source.state_dict())
     if isinstance(source, Mapping):
         return dict(source)
-    path = Path(source)
-    if path.is_dir():
-        from ..checkpoint import MODEL_FILE, resolve_checkpoint  # a fibpolicy checkpoint or run directory
-
-        path = resolve_checkpoint(path) / MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no image-ViT weights at {path} (expected a safetensors file or a checkpoint directory)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_weights(source)
 
 
 def load_image_weights(
@@ -235,8 +253,10 @@ def load_image_weights(
 ) -> dict[str, list[str]]:
     """Initialise ``model`` from an image ViT: spatial parts copied, temporal parts identity-like.
 
-    ``source`` is a timm ``VisionTransformer``, its state dict, a safetensors / torch file, or a fibpolicy
-    checkpoint (or run) directory of an image classifier (a ``backbone.`` key prefix is stripped). Patch
+    ``source`` is a timm ``VisionTransformer``, its state dict, or a weights file (``.safetensors`` or a
+    ``torch.save``d state dict), e.g. the model file of an image classifier's checkpoint (a ``backbone.``
+    key prefix is stripped). Directories are refused: resolve a run or checkpoint directory to its
+    weights file first (``fibpolicy.checkpoint.resolve_checkpoint(run_dir) / MODEL_FILE``). Patch
     embedding and position embedding are resampled to the model's patch and grid sizes if they differ;
     the classifier head is copied only when its shape matches. Each block's temporal attention starts as a
     copy of its spatial attention (as TimeSformer does), ``temporal_fc`` and the temporal embedding at zero.
@@ -290,8 +310,28 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-register_sizes(
-    __name__, "vit_fib_video_{size}_patch16_224", video_vision_transformer, {"patch_size": 16, "num_frames": 8},
-    "Video ViT-{size}/16, divided space-time attention, Fibottention on the spatial attention "
-    "(any img_size, patch_size, num_frames, num_classes).",
-)
+@register_model
+def vit_fib_video_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> VideoVisionTransformer:
+    """Video ViT-T/16, divided space-time attention, Fibottention on the spatial attention (any img_size,
+    patch_size, num_frames, num_classes, pattern)."""
+    return video_vision_transformer(
+        "vit_fib_video_tiny_patch16_224", pretrained, **{"patch_size": 16, "num_frames": 8, **VIT_SIZES["tiny"], **kwargs}
+    )
+
+
+@register_model
+def vit_fib_video_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> VideoVisionTransformer:
+    """Video ViT-S/16, divided space-time attention, Fibottention on the spatial attention (any img_size,
+    patch_size, num_frames, num_classes, pattern)."""
+    return video_vision_transformer(
+        "vit_fib_video_small_patch16_224", pretrained, **{"patch_size": 16, "num_frames": 8, **VIT_SIZES["small"], **kwargs}
+    )
+
+
+@register_model
+def vit_fib_video_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VideoVisionTransformer:
+    """Video ViT-B/16, divided space-time attention, Fibottention on the spatial attention (any img_size,
+    patch_size, num_frames, num_classes, pattern)."""
+    return video_vision_transformer(
+        "vit_fib_video_base_patch16_224", pretrained, **{"patch_size": 16, "num_frames": 8, **VIT_SIZES["base"], **kwargs}
+    )

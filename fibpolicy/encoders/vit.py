@@ -3,13 +3,14 @@
 ``import fibpolicy`` registers ``vit_fib_{tiny,small,base}_patch16_224`` in timm's model registry,
 so ``timm.create_model("vit_fib_base_patch16_224", img_size=84, patch_size=8, num_classes=0)`` works.
 ``attention="dense"`` builds the baseline twin: the same timm model and initialisation, with timm's
-own dense attention left in place.
+own dense attention left in place. ``pattern="longformer"`` (or any name of
+``fibpolicy.attention.PATTERNS``, options in ``pattern_options``) puts another fixed sparse pattern in
+every block instead of Fibottention's, on the same backends.
 """
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Callable
+from typing import Any
 
 import torch.nn as nn
 from timm.layers import Attention
@@ -18,12 +19,23 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from ..attention import FibottentionAttention
+from ..attention.patterns import PATTERNS, make_pattern
 
-__all__ = ["ATTENTION_KINDS", "FIB_OPTIONS", "fibottentionize", "register_sizes", "vision_transformer", "VIT_SIZES"]
+__all__ = [
+    "ATTENTION_KINDS",
+    "FIB_OPTIONS",
+    "fibottentionize",
+    "vision_transformer",
+    "VIT_SIZES",
+    "vit_fib_base_patch16_224",
+    "vit_fib_small_patch16_224",
+    "vit_fib_tiny_patch16_224",
+]
 
 ATTENTION_KINDS = ("fib", "dense")
-# Keyword arguments that configure Fibottention rather than the ViT itself.
-FIB_OPTIONS = ("mode", "backend", "w_min", "w_max", "modified", "preset", "layer_shuffle")
+# Keyword arguments that configure the sparse attention (Fibottention or another pattern) rather than the ViT.
+FIB_OPTIONS = ("mode", "backend", "w_min", "w_max", "modified", "preset", "layer_shuffle", "pattern", "pattern_options")
+_FIB_ONLY = {"w_min": 5, "w_max": None, "modified": False, "preset": "release"}
 
 VIT_SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
@@ -60,31 +72,59 @@ def _fib_from_timm(attn: Attention, layer: int | None, num_prefix_tokens: int, *
 def fibottentionize(
     model: VisionTransformer,
     *,
-    mode: str = "multiplicative",
+    mode: str | None = None,
     backend: str = "auto",
     w_min: int = 5,
     w_max: int | None = None,
     modified: bool = False,
     preset: str = "release",
     layer_shuffle: bool = True,
+    pattern: str = "fibottention",
+    pattern_options: dict[str, Any] | None = None,
 ) -> VisionTransformer:
     """Replace, in place, every block's timm ``Attention`` by ``FibottentionAttention(layer=block_index)``.
 
     The new modules reuse the old projection layers, so weights (and a model's initialisation) are kept.
-    ``layer_shuffle=False`` gives every block the unshuffled head order.
+    ``layer_shuffle=False`` gives every block the unshuffled head order (layer ``None``).
+    ``pattern`` names another fixed pattern (``fibpolicy.attention.PATTERNS``) with its ``pattern_options``;
+    each block gets it with its own layer index (BigBird's fixed random keys differ per layer).
+    ``mode=None`` is each pattern's default: ``multiplicative`` for Fibottention (the release), ``additive``
+    for the others (the authors' baselines added -1e9 outside their masks).
     """
+    if pattern not in PATTERNS:
+        raise ValueError(f"pattern must be one of {sorted(PATTERNS)}, got {pattern!r}")
+    pattern_options = dict(pattern_options or {})
+    if pattern != "fibottention":
+        changed = {k: v for k, v in dict(w_min=w_min, w_max=w_max, modified=modified, preset=preset).items() if v != _FIB_ONLY[k]}
+        if changed:
+            raise ValueError(f"Fibottention options {sorted(changed)} given with pattern={pattern!r}; use pattern_options")
+    elif pattern_options:
+        raise ValueError(f"pattern_options {sorted(pattern_options)} given for Fibottention; pass its options directly")
     for index, block in enumerate(model.blocks):
         if not isinstance(block.attn, Attention):
             raise TypeError(f"block {index} has {type(block.attn).__name__}, expected timm's Attention")
-        block.attn = _fib_from_timm(
-            block.attn, index if layer_shuffle else None, model.num_prefix_tokens,
-            mode=mode, backend=backend, w_min=w_min, w_max=w_max, modified=modified, preset=preset,
-        )
+        layer = index if layer_shuffle else None
+        if pattern == "fibottention":
+            block.attn = _fib_from_timm(
+                block.attn, layer, model.num_prefix_tokens, mode=mode or "multiplicative", backend=backend,
+                w_min=w_min, w_max=w_max, modified=modified, preset=preset,
+            )
+        else:
+            obj = make_pattern(
+                pattern, num_heads=block.attn.num_heads, num_prefix_tokens=model.num_prefix_tokens, layer=layer,
+                **pattern_options,
+            )
+            block.attn = _fib_from_timm(
+                block.attn, layer, model.num_prefix_tokens, mode=mode or obj.default_mode, backend=backend, pattern=obj,
+            )
     return model
 
 
 def vision_transformer(variant: str = "vit_fib", pretrained: bool = False, *, attention: str = "fib", **kwargs: Any) -> VisionTransformer:
-    """A timm ``VisionTransformer`` (any timm ViT keyword) with Fibottention (``attention="fib"``) or dense attention."""
+    """A timm ``VisionTransformer`` (any timm ViT keyword) with Fibottention (``attention="fib"``) or dense attention.
+
+    ``pattern=`` (default ``"fibottention"``) and ``pattern_options=`` choose another fixed sparse pattern.
+    """
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
     if pretrained:
@@ -113,33 +153,22 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def register_sizes(module_name: str, name_format: str, build: Callable[..., nn.Module], defaults: dict[str, Any], doc: str) -> list[str]:
-    """Register one timm entry point per ViT size: ``name_format.format(size=...)`` -> ``build(name, pretrained, **kw)``.
-
-    The entry points live in ``module_name`` (whose ``default_cfgs`` timm reads) and are added to its
-    namespace and ``__all__``.
-    """
-    module = sys.modules[module_name]
-    names = []
-    for size, dims in VIT_SIZES.items():
-        name = name_format.format(size=size)
-
-        def entry(pretrained: bool = False, _name: str = name, _dims: dict = dims, **kwargs: Any) -> nn.Module:
-            return build(_name, pretrained, **{**defaults, **_dims, **kwargs})
-
-        entry.__name__ = entry.__qualname__ = name
-        entry.__module__ = module_name
-        entry.__doc__ = doc.format(size=size[0].upper())
-        setattr(module, name, register_model(entry))
-        module.__all__.append(name)
-        names.append(name)
-    return names
+@register_model
+def vit_fib_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-T/16 with Fibottention in every block (any img_size, patch_size, num_classes, pattern)."""
+    return vision_transformer("vit_fib_tiny_patch16_224", pretrained, **{"patch_size": 16, **VIT_SIZES["tiny"], **kwargs})
 
 
-register_sizes(
-    __name__, "vit_fib_{size}_patch16_224", vision_transformer, {"patch_size": 16},
-    "ViT-{size}/16 with Fibottention in every block (any img_size, patch_size, num_classes).",
-)
+@register_model
+def vit_fib_small_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-S/16 with Fibottention in every block (any img_size, patch_size, num_classes, pattern)."""
+    return vision_transformer("vit_fib_small_patch16_224", pretrained, **{"patch_size": 16, **VIT_SIZES["small"], **kwargs})
+
+
+@register_model
+def vit_fib_base_patch16_224(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
+    """ViT-B/16 with Fibottention in every block (any img_size, patch_size, num_classes, pattern)."""
+    return vision_transformer("vit_fib_base_patch16_224", pretrained, **{"patch_size": 16, **VIT_SIZES["base"], **kwargs})
 
 
 def count_parameters(model: nn.Module) -> int:

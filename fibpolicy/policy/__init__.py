@@ -1,25 +1,24 @@
-"""Diffusion policy: 1-D conditional U-Net, multi-camera observation encoder, diffusers schedulers, loading."""
+"""Diffusion policy: 1-D conditional U-Net, multi-camera observation encoder, normaliser, diffusers schedulers, loading."""
 
-from ..data.normalizer import LinearNormalizer
+from .diffusion import DEFAULT_NOISE_SCHEDULER, INFERENCE_SCHEDULERS, DiffusionUnetPolicy
 from .loading import load_policy
-from .diffusion import DEFAULT_NOISE_SCHEDULER, INFERENCE_SCHEDULERS, DiffusionUnetImagePolicy, DiffusionUnetPolicy
-from .obs_encoder import IMAGE_ENCODERS, MultiImageObsEncoder, build_image_encoder, crop_images, parse_shape_meta
+from .normalizer import NORMALIZER_MODES, LinearNormalizer, SingleFieldNormalizer
+from .obs_encoder import DEFAULT_IMAGE_ENCODER, MultiImageObsEncoder, crop_images
 from .unet1d import ConditionalResidualBlock1D, ConditionalUnet1D, Conv1dBlock, SinusoidalPosEmb
 
 __all__ = [
     "ConditionalResidualBlock1D",
     "ConditionalUnet1D",
     "Conv1dBlock",
+    "DEFAULT_IMAGE_ENCODER",
     "DEFAULT_NOISE_SCHEDULER",
-    "DiffusionUnetImagePolicy",
     "DiffusionUnetPolicy",
-    "IMAGE_ENCODERS",
     "INFERENCE_SCHEDULERS",
     "LinearNormalizer",
     "MultiImageObsEncoder",
+    "NORMALIZER_MODES",
+    "SingleFieldNormalizer",
     "SinusoidalPosEmb",
-    "build_image_encoder",
-    "load_policy",
     "crop_images",
-    "parse_shape_meta",
+    "load_policy",
 ]

@@ -3,21 +3,26 @@
 One class serves image and low-dim tasks: the observation encoder concatenates camera features (if any) and
 low-dim keys per step, and the ``n_obs_steps`` step vectors are flattened into the U-Net's global condition.
 
+The policy owns its time window (``horizon``, ``n_obs_steps``, ``n_action_steps``): datasets take their
+windows from it and rollouts go through its ``reset()`` / ``select_action(obs)`` queue, so no other part of
+a task declares them. It also owns its normaliser, which travels in its ``state_dict``.
+
 Formats (env units; the policy normalises and unnormalises with its ``normalizer``):
 - training batch: ``{"obs": {key: (B, T, ...)}, "action": (B, horizon, action_dim)}`` with ``T >= n_obs_steps``
   (the first ``n_obs_steps`` are used); images float in [0, 1], (C, H, W).
 - ``predict_action(obs)``: ``obs[key]`` is (B, n_obs_steps, ...) (uint8 images are divided by 255); returns
   ``{"action": (B, n_action_steps, action_dim), "action_pred": (B, horizon, action_dim)}`` where
   ``action = action_pred[:, n_obs_steps - 1 : n_obs_steps - 1 + n_action_steps]``.
+- ``select_action(obs)``: ``obs[key]`` is one step, (B, ...); returns (B, action_dim), predicting a new chunk
+  whenever the queue of the last one is empty (the first observation after ``reset()`` fills the history).
 
-Everything needed to rebuild a policy is ``policy.config`` (plain constructor keywords, when the observation
-encoder was given as keywords) plus ``policy.state_dict()``, which includes the normaliser.
 Call ``policy.eval()`` before inference: the image crop is random in training mode.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,11 +31,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from ..data.normalizer import LinearNormalizer
-from .obs_encoder import MultiImageObsEncoder, parse_shape_meta
+from ..shape_meta import ShapeMeta
+from .normalizer import LinearNormalizer
+from .obs_encoder import MultiImageObsEncoder
 from .unet1d import ConditionalUnet1D
 
-__all__ = ["DEFAULT_NOISE_SCHEDULER", "DiffusionUnetImagePolicy", "INFERENCE_SCHEDULERS", "DiffusionUnetPolicy"]
+__all__ = ["DEFAULT_NOISE_SCHEDULER", "DiffusionUnetPolicy", "INFERENCE_SCHEDULERS"]
 
 DEFAULT_NOISE_SCHEDULER: dict[str, Any] = dict(
     num_train_timesteps=100,
@@ -44,27 +50,19 @@ DEFAULT_NOISE_SCHEDULER: dict[str, Any] = dict(
 INFERENCE_SCHEDULERS = ("ddpm", "ddim")
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-friendly copy of nested dicts / sequences (tuples become lists)."""
-    if isinstance(value, Mapping):  # also OmegaConf DictConfig
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):  # also ListConfig
-        return [_plain(v) for v in value]
-    return value
+class DiffusionUnetPolicy(nn.Module):
+    """Obs encoder + ``ConditionalUnet1D`` + DDPM training / DDPM-or-DDIM sampling + normaliser + action queue.
 
-
-class DiffusionUnetImagePolicy(nn.Module):
-    """Obs encoder + ``ConditionalUnet1D`` + DDPM training / DDPM-or-DDIM sampling + normaliser.
-
-    ``obs_encoder``: an ``nn.Module`` with ``output_dim``, or keyword arguments for ``MultiImageObsEncoder``
-    (``shape_meta`` is added), or None for its defaults (Fibottention ViT-B/8 on 84-pixel crops).
-    ``noise_scheduler``: a ``DDPMScheduler`` or its keyword arguments (default: the reference settings).
-    ``inference_scheduler``/``num_inference_steps`` select the sampler (default DDPM with all train steps).
+    ``obs_encoder``: an ``nn.Module`` with ``output_dim`` (a config builds a ``MultiImageObsEncoder``), or
+    keyword arguments for ``MultiImageObsEncoder`` (``shape_meta`` is added), or None for its defaults
+    (Fibottention ViT-B/8, no crop). ``noise_scheduler``: a ``DDPMScheduler`` or its keyword arguments
+    (default: the reference settings). ``inference_scheduler`` / ``num_inference_steps`` select the
+    sampler (default DDPM with all train steps).
     """
 
     def __init__(
         self,
-        shape_meta: Mapping[str, Any],
+        shape_meta: Mapping[str, Any] | ShapeMeta,
         obs_encoder: nn.Module | Mapping[str, Any] | None = None,
         noise_scheduler: DDPMScheduler | Mapping[str, Any] | None = None,
         horizon: int = 16,
@@ -80,9 +78,8 @@ class DiffusionUnetImagePolicy(nn.Module):
         normalizer: LinearNormalizer | None = None,
     ) -> None:
         super().__init__()
-        _, _, action_shape = parse_shape_meta(shape_meta)
-        self.shape_meta = _plain(shape_meta)
-        self.action_dim = action_shape[0]
+        self.shape_meta = ShapeMeta(shape_meta)
+        self.action_dim = self.shape_meta.action_dim
         if not 1 <= n_obs_steps <= horizon or n_action_steps < 1 or n_obs_steps - 1 + n_action_steps > horizon:
             raise ValueError(
                 f"need 1 <= n_obs_steps <= horizon and n_obs_steps - 1 + n_action_steps <= horizon; got "
@@ -96,12 +93,9 @@ class DiffusionUnetImagePolicy(nn.Module):
         self.n_action_steps = int(n_action_steps)
 
         if obs_encoder is None or isinstance(obs_encoder, Mapping):
-            encoder_kwargs = dict(obs_encoder or {})
-            self.obs_encoder = MultiImageObsEncoder(shape_meta=self.shape_meta, **encoder_kwargs)
-            encoder_config: Any = _plain(encoder_kwargs)
+            self.obs_encoder = MultiImageObsEncoder(shape_meta=self.shape_meta, **dict(obs_encoder or {}))
         elif isinstance(obs_encoder, nn.Module):
             self.obs_encoder = obs_encoder
-            encoder_config = None  # a ready module cannot be described by plain keywords
         else:
             raise TypeError(f"obs_encoder must be an nn.Module, a dict of keywords or None, got {type(obs_encoder).__name__}")
         if not hasattr(self.obs_encoder, "output_dim"):
@@ -130,22 +124,7 @@ class DiffusionUnetImagePolicy(nn.Module):
         self.normalizer = LinearNormalizer()
         if normalizer is not None:
             self.set_normalizer(normalizer)
-
-        self.config: dict[str, Any] = dict(
-            shape_meta=self.shape_meta,
-            obs_encoder=encoder_config,
-            noise_scheduler={k: _plain(v) for k, v in self.noise_scheduler.config.items() if not k.startswith("_")},
-            horizon=self.horizon,
-            n_obs_steps=self.n_obs_steps,
-            n_action_steps=self.n_action_steps,
-            num_inference_steps=self.num_inference_steps,
-            inference_scheduler=self.inference_scheduler_name,
-            diffusion_step_embed_dim=diffusion_step_embed_dim,
-            down_dims=[int(d) for d in down_dims],
-            kernel_size=kernel_size,
-            n_groups=n_groups,
-            cond_predict_scale=cond_predict_scale,
-        )
+        self.reset()
 
     # ------------------------------------------------------------------ setup
     @property
@@ -158,7 +137,7 @@ class DiffusionUnetImagePolicy(nn.Module):
 
     def set_normalizer(self, normalizer: LinearNormalizer) -> None:
         """Copy a fitted normaliser into the policy (its keys must cover the obs keys and ``action``)."""
-        needed = [*self.shape_meta["obs"], "action"]
+        needed = [*self.shape_meta.obs, "action"]
         missing = [k for k in needed if k not in normalizer]
         if missing:
             raise KeyError(f"normalizer lacks keys {missing}; it has {normalizer.keys()}, the policy needs {needed}")
@@ -185,8 +164,6 @@ class DiffusionUnetImagePolicy(nn.Module):
             )
         self.inference_scheduler_name = scheduler
         self.num_inference_steps = steps
-        if hasattr(self, "config"):
-            self.config.update(inference_scheduler=scheduler, num_inference_steps=steps)
 
     # ------------------------------------------------------------------ shared pieces
     def _require_normalizer(self) -> None:
@@ -194,11 +171,11 @@ class DiffusionUnetImagePolicy(nn.Module):
             raise RuntimeError("the policy has no fitted normalizer; call set_normalizer(dataset.get_normalizer()) first")
 
     def _check_obs(self, obs: Mapping[str, torch.Tensor], min_steps: int, exact: bool) -> None:
-        for key, meta in self.shape_meta["obs"].items():
+        for key, meta in self.shape_meta.obs.items():
             if key not in obs:
-                raise KeyError(f"observation is missing key {key!r}; expected keys {list(self.shape_meta['obs'])}")
+                raise KeyError(f"observation is missing key {key!r}; expected keys {list(self.shape_meta.obs)}")
             x = obs[key]
-            shape = tuple(meta["shape"])
+            shape = meta.shape
             steps_ok = x.dim() >= 2 and (x.shape[1] == min_steps if exact else x.shape[1] >= min_steps)
             if not steps_ok or tuple(x.shape[2:]) != shape:
                 want = f"{min_steps}" if exact else f">={min_steps}"
@@ -207,19 +184,19 @@ class DiffusionUnetImagePolicy(nn.Module):
     def encode_obs(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Normalised (B, T>=To, ...) obs -> (B, To * obs_feature_dim) global condition (step-major)."""
         batch = next(iter(nobs.values())).shape[0]
-        flat = {k: v[:, : self.n_obs_steps].reshape(-1, *v.shape[2:]) for k, v in nobs.items() if k in self.shape_meta["obs"]}
+        flat = {k: v[:, : self.n_obs_steps].reshape(-1, *v.shape[2:]) for k, v in nobs.items() if k in self.shape_meta.obs}
         features = self.obs_encoder(flat)
         return features.reshape(batch, -1)
 
     def _prepare_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         device = self.device
-        missing = [k for k in self.shape_meta["obs"] if k not in obs]
+        missing = [k for k in self.shape_meta.obs if k not in obs]
         if missing:
-            raise KeyError(f"observation is missing keys {missing}; expected keys {list(self.shape_meta['obs'])}")
+            raise KeyError(f"observation is missing keys {missing}; expected keys {list(self.shape_meta.obs)}")
         out = {}
-        for key, meta in self.shape_meta["obs"].items():
+        for key, meta in self.shape_meta.obs.items():
             x = torch.as_tensor(obs[key], device=device)
-            if meta.get("type") == "rgb" and x.dtype == torch.uint8:
+            if meta.type == "rgb" and x.dtype == torch.uint8:
                 x = x.to(torch.float32) / 255.0
             out[key] = x
         return out
@@ -254,10 +231,6 @@ class DiffusionUnetImagePolicy(nn.Module):
         else:
             raise ValueError(f"unsupported prediction_type {prediction_type!r}")
         return F.mse_loss(pred.float(), target.float())
-
-    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Same as ``compute_loss`` (so DDP wrappers see a forward)."""
-        return self.compute_loss(batch)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -297,6 +270,27 @@ class DiffusionUnetImagePolicy(nn.Module):
         start = self.n_obs_steps - 1
         return {"action": action_pred[:, start : start + self.n_action_steps], "action_pred": action_pred}
 
+    # ------------------------------------------------------------------ acting in an environment
+    def reset(self) -> None:
+        """Forget the observation history and the queued actions (call at the start of every episode)."""
+        self._obs_history: deque[dict[str, torch.Tensor]] = deque(maxlen=self.n_obs_steps)
+        self._action_queue: deque[torch.Tensor] = deque()
 
-# The same class covers low-dim tasks (no cameras in shape_meta); the alias reads better in configs.
-DiffusionUnetPolicy = DiffusionUnetImagePolicy
+    @torch.no_grad()
+    def select_action(self, obs: Mapping[str, Any], generator: torch.Generator | int | None = None) -> torch.Tensor:
+        """One observation step (B, ...) per key in env units -> the next action (B, action_dim).
+
+        The last ``n_obs_steps`` observations are kept (the first one after ``reset()`` repeated); when the
+        queue is empty, a chunk is predicted from them and its ``n_action_steps`` actions are queued.
+        """
+        step = {k: torch.as_tensor(obs[k]) for k in self.shape_meta.obs if k in obs}
+        if not self._obs_history:
+            self._obs_history.extend([step] * self.n_obs_steps)
+        else:
+            self._obs_history.append(step)
+        if not self._action_queue:
+            stacked = {k: torch.stack([h[k] for h in self._obs_history], dim=1) for k in step}
+            chunk = self.predict_action(stacked, generator=generator)["action"]
+            self._action_queue.extend(chunk.unbind(dim=1))
+        return self._action_queue.popleft()
+

@@ -11,59 +11,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..encoders.features import create_vit_encoder
-from ..encoders.resnet import create_resnet18_gn_encoder
+from ..encoders.features import create_feature_encoder
+from ..shape_meta import ShapeMeta
 
-__all__ = ["IMAGE_ENCODERS", "MultiImageObsEncoder", "build_image_encoder", "crop_images", "parse_shape_meta"]
+__all__ = ["DEFAULT_IMAGE_ENCODER", "MultiImageObsEncoder", "crop_images"]
 
-IMAGE_ENCODERS = ("vit_fib", "vit_dense", "resnet18_gn")
-OBS_TYPES = ("rgb", "low_dim")
-
-
-def parse_shape_meta(shape_meta: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]], tuple[int, ...]]:
-    """(rgb keys -> (C, H, W), low-dim keys -> shape, action shape) from a plain shape_meta dict."""
-    if "obs" not in shape_meta or "action" not in shape_meta:
-        raise ValueError(f"shape_meta needs 'obs' and 'action' entries, got keys {sorted(shape_meta)}")
-    rgb, low_dim = {}, {}
-    for key, meta in shape_meta["obs"].items():
-        shape = tuple(int(s) for s in meta["shape"])
-        kind = meta.get("type", "low_dim")
-        if kind == "rgb":
-            if len(shape) != 3:
-                raise ValueError(f"shape_meta obs {key!r}: rgb shape must be [C, H, W], got {list(shape)}")
-            rgb[key] = shape
-        elif kind == "low_dim":
-            low_dim[key] = shape
-        else:
-            raise ValueError(f"shape_meta obs {key!r}: type must be one of {OBS_TYPES}, got {kind!r}")
-    action = tuple(int(s) for s in shape_meta["action"]["shape"])
-    if len(action) != 1:
-        raise ValueError(f"shape_meta action shape must be [action_dim], got {list(action)}")
-    return rgb, low_dim, action
-
-
-def build_image_encoder(name: str, image_shape: Sequence[int], **kwargs: Any) -> nn.Module:
-    """A named image encoder for (C, H, W) inputs: ``vit_fib`` (default ViT-B/8), ``vit_dense``, ``resnet18_gn``.
-
-    ``kwargs`` go to ``create_vit_encoder`` (e.g. ``model_name``, ``patch_size``, ``depth``, Fibottention options)
-    or to ``create_resnet18_gn_encoder``.
-    """
-    channels, height, width = (int(s) for s in image_shape)
-    if name in ("vit_fib", "vit_dense"):
-        options = dict(kwargs)
-        if name == "vit_dense":
-            options["attention"] = "dense"
-        options.setdefault("img_size", height if height == width else (height, width))
-        return create_vit_encoder(in_chans=channels, **options)
-    if name == "resnet18_gn":
-        return create_resnet18_gn_encoder(in_chans=channels, **kwargs)
-    raise ValueError(f"image encoder must be one of {IMAGE_ENCODERS}, an nn.Module or a factory, got {name!r}")
-
+# The Fibottention robot experiments: ViT-B, patch 8, mean of the patch tokens.
+DEFAULT_IMAGE_ENCODER = partial(create_feature_encoder, "vit_fib_base_patch16_224", patch_size=8, pool="mean")
+ImageEncoderFactory = Callable[..., nn.Module]
 
 def crop_images(images: torch.Tensor, crop: tuple[int, int], random: bool, generator: torch.Generator | None = None) -> torch.Tensor:
     """Crop (N, C, H, W) images to ``crop``: an independent random offset per image, or the centre crop."""
@@ -102,27 +63,27 @@ def _feature_dim(encoder: nn.Module, shape: tuple[int, int, int]) -> int:
 class MultiImageObsEncoder(nn.Module):
     """Cameras + low-dim keys -> (N, output_dim).
 
-    ``image_encoder``: a name from ``IMAGE_ENCODERS`` (built per camera with ``image_encoder_kwargs``),
-    an ``nn.Module`` (deep-copied per camera unless shared), or a zero-argument factory (called per camera).
-    ``crop_shape``: int, (h, w), a dict by camera key, or None for no crop. ``random_crop=False`` uses the
-    centre crop in training too. ``share_encoder=True`` uses one encoder for all cameras.
+    ``image_encoder``: a factory called per camera as ``factory(img_size=(h, w), in_chans=c)`` (an encoder
+    config is such a partial of ``create_feature_encoder``), a timm model name, or an ``nn.Module``
+    (deep-copied per camera unless shared); default: Fibottention ViT-B/8. ``crop_shape``: int, (h, w), a
+    dict by camera key, or None for no crop; the task sets it from its image size. ``random_crop=False``
+    uses the centre crop in training too. ``share_encoder=True`` uses one encoder for all cameras.
     """
 
     def __init__(
         self,
-        shape_meta: Mapping[str, Any],
-        image_encoder: str | nn.Module | Callable[[], nn.Module] = "vit_fib",
-        image_encoder_kwargs: Mapping[str, Any] | None = None,
-        crop_shape: int | Sequence[int] | Mapping[str, Any] | None = 84,
+        shape_meta: Mapping[str, Any] | ShapeMeta,
+        image_encoder: str | nn.Module | ImageEncoderFactory | None = None,
+        crop_shape: int | Sequence[int] | Mapping[str, Any] | None = None,
         random_crop: bool = True,
         share_encoder: bool = False,
     ) -> None:
         super().__init__()
-        self.rgb_shapes, self.low_dim_shapes, _ = parse_shape_meta(shape_meta)
+        meta = ShapeMeta(shape_meta)
+        self.rgb_shapes = {k: meta.obs[k].shape for k in meta.rgb_keys}
+        self.low_dim_shapes = {k: meta.obs[k].shape for k in meta.low_dim_keys}
         self.rgb_keys = list(self.rgb_shapes)
         self.low_dim_keys = list(self.low_dim_shapes)
-        if not self.rgb_keys and not self.low_dim_keys:
-            raise ValueError("shape_meta['obs'] has no keys; the encoder needs at least one camera or low-dim key")
         self.random_crop = random_crop
         self.share_encoder = share_encoder
         self.crop_shapes: dict[str, tuple[int, int]] = {}
@@ -137,20 +98,18 @@ class MultiImageObsEncoder(nn.Module):
                 raise ValueError(f"crop_shape {crop} for camera {key!r} does not fit its images ({height}, {width})")
             self.crop_shapes[key] = crop
 
-        kwargs = dict(image_encoder_kwargs or {})
-        if kwargs and not isinstance(image_encoder, str):
-            raise ValueError("image_encoder_kwargs only apply to a named image_encoder")
+        if image_encoder is None:
+            image_encoder = DEFAULT_IMAGE_ENCODER
+        elif isinstance(image_encoder, str):
+            image_encoder = partial(create_feature_encoder, image_encoder)
 
         def make(key: str, first: nn.Module | None) -> nn.Module:
-            channels = self.rgb_shapes[key][0]
-            shape = (channels, *self.crop_shapes[key])
-            if isinstance(image_encoder, str):
-                return build_image_encoder(image_encoder, shape, **kwargs)
             if isinstance(image_encoder, nn.Module):
                 return image_encoder if first is None else copy.deepcopy(image_encoder)
             if callable(image_encoder):
-                return image_encoder()
-            raise TypeError(f"image_encoder must be a name, an nn.Module or a factory, got {type(image_encoder).__name__}")
+                crop = self.crop_shapes[key]
+                return image_encoder(img_size=crop if crop[0] != crop[1] else crop[0], in_chans=self.rgb_shapes[key][0])
+            raise TypeError(f"image_encoder must be a factory, a timm model name or an nn.Module, got {type(image_encoder).__name__}")
 
         self.image_encoders = nn.ModuleDict()
         self._encoder_of: dict[str, str] = {}

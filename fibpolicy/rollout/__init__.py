@@ -1,14 +1,14 @@
-"""Policy evaluation by vectorised rollouts in simulation, and rollout videos."""
+"""Policy evaluation by vectorised rollouts in simulation."""
 
+from .evaluator import RolloutEvaluator, map_env_obs
 from .runner import EpisodeResult, EpisodeSpec, RolloutResult, RolloutRunner, protocol_episodes
-from .video import read_mp4, write_mp4
 
 __all__ = [
     "EpisodeResult",
     "EpisodeSpec",
+    "RolloutEvaluator",
     "RolloutResult",
     "RolloutRunner",
+    "map_env_obs",
     "protocol_episodes",
-    "read_mp4",
-    "write_mp4",
 ]

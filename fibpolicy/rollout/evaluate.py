@@ -1,22 +1,23 @@
-"""Score a saved policy checkpoint with the task's rollout protocol and write ``eval.json``."""
+"""Score a saved policy checkpoint with its task's rollout protocol and write ``eval.json``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from ..policy.loading import load_policy
+from ..atomic import write_json
 from ..checkpoint import load_config, resolve_checkpoint
+from ..policy.loading import load_policy
 
 
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
     output_dir: str | Path,
+    config: DictConfig | None = None,
     n_test: int | None = None,
     n_train: int | None = None,
     n_envs: int | None = None,
@@ -24,10 +25,16 @@ def evaluate_checkpoint(
     scheduler: str | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Roll out the checkpoint's policy (EMA weights) and write ``output_dir/eval.json``; returns the record."""
+    """Roll out the checkpoint's policy (EMA weights) and write ``output_dir/eval.json``; returns the record.
+
+    ``config``: the checkpoint's config when the caller has already read it.
+    """
     path = resolve_checkpoint(checkpoint)
-    policy = load_policy(path, device=device)
-    evaluator_cfg = OmegaConf.to_container(load_config(path).task.evaluator, resolve=True)
+    cfg = load_config(path) if config is None else config
+    if cfg.task.get("evaluator") is None:
+        raise ValueError(f"{path}/config.yaml: task {cfg.task.get('name')!r} declares no task.evaluator to score it with")
+    policy = load_policy(path, device=device, config=cfg)
+    evaluator_cfg = OmegaConf.to_container(cfg.task.evaluator, resolve=True)
     for key, value in (("n_test", n_test), ("n_train", n_train), ("n_envs", n_envs)):
         if value is not None:
             evaluator_cfg[key] = value
@@ -45,8 +52,5 @@ def evaluate_checkpoint(
         "inference": {"scheduler": policy.inference_scheduler_name, "steps": policy.num_inference_steps},
         **result,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(output_dir / "eval.json")
+    write_json(output_dir / "eval.json", record)
     return record

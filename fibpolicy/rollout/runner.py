@@ -1,9 +1,9 @@
 """Vectorised policy evaluation: subprocess environments, observation stacking, chunked actions, videos.
 
 Episodes run in rounds of ``n_envs`` on a gymnasium ``AsyncVectorEnv`` (one subprocess per env).
-Each policy call sees the last ``n_obs_steps`` observations of every env (the first observation
-repeated at the start), predicts a chunk, and ``n_action_steps`` of it are executed one env step at a
-time, up to ``max_steps``. An episode's score is its maximum reward; it succeeds when any step reports
+The policy is reset at the start of each round and asked for one action per env step through
+``select_action(obs)``; its own time window decides how many observations it stacks and how many
+actions of a predicted chunk it executes. Each round runs up to ``max_steps``. An episode's score is its maximum reward; it succeeds when any step reports
 ``info["is_success"]``. An env that terminates keeps being stepped with the batch but its results are
 ignored. A worker that raises or dies is reported with its episode's seed; the rest of its round is
 run again in a fresh set of workers, so one bad episode neither hangs nor sinks the evaluation.
@@ -12,7 +12,6 @@ run again in a fresh set of workers, so one bad episode neither hangs nor sinks 
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .video import write_mp4
+from ..data.mp4 import write_mp4
 
 ObsTransform = Callable[[Any], dict[str, np.ndarray]]
 
@@ -74,14 +73,6 @@ class RolloutResult:
         return {**self.metrics(), "seconds": self.seconds, "episodes": [asdict(e) for e in self.episodes]}
 
 
-def _stack(history: deque) -> Any:
-    """Stack the last observations along a new time axis 1: (n_envs, To, ...)."""
-    first = history[0]
-    if isinstance(first, dict):
-        return {k: np.stack([h[k] for h in history], axis=1) for k in first}
-    return np.stack(list(history), axis=1)
-
-
 def _failed_workers(venv: gym.vector.AsyncVectorEnv, wait_s: float = 5.0) -> list[int]:
     """Indices of workers that raised (gymnasium drops their pipe) or whose process died."""
     raised = [i for i, pipe in enumerate(getattr(venv, "parent_pipes", [])) if pipe is None]
@@ -99,7 +90,10 @@ def _failed_workers(venv: gym.vector.AsyncVectorEnv, wait_s: float = 5.0) -> lis
 
 
 class RolloutRunner:
-    """Evaluates a policy with ``predict_action(obs) -> {"action": (B, Ta, A)}`` on a list of episodes."""
+    """Evaluates a policy with ``reset()`` and ``select_action(obs) -> (B, A)`` on a list of episodes.
+
+    ``obs_transform`` maps a batch of env observations to the policy's observation dict (numpy arrays).
+    """
 
     def __init__(
         self,
@@ -108,8 +102,6 @@ class RolloutRunner:
         *,
         obs_transform: ObsTransform,
         n_envs: int = 8,
-        n_obs_steps: int = 2,
-        n_action_steps: int = 8,
         max_steps: int = 300,
         video_dir: str | Path | None = None,
         fps: int = 10,
@@ -117,13 +109,13 @@ class RolloutRunner:
         step_timeout_s: float | None = 120.0,
         progress: bool = True,
     ) -> None:
-        if n_envs < 1 or n_obs_steps < 1 or n_action_steps < 1 or max_steps < 1:
-            raise ValueError("n_envs, n_obs_steps, n_action_steps and max_steps must all be >= 1")
+        if n_envs < 1 or max_steps < 1:
+            raise ValueError(f"n_envs and max_steps must be >= 1, got {n_envs} and {max_steps}")
         if not episodes:
             raise ValueError("no episodes to run")
         self.env_fn, self.episodes, self.obs_transform = env_fn, list(episodes), obs_transform
         self.n_envs = min(n_envs, len(self.episodes))
-        self.n_obs_steps, self.n_action_steps, self.max_steps = n_obs_steps, n_action_steps, max_steps
+        self.max_steps = max_steps
         self.video_dir = Path(video_dir) if video_dir is not None else None
         self.fps, self.context, self.step_timeout_s, self.progress = fps, context, step_timeout_s, progress
 
@@ -166,7 +158,7 @@ class RolloutRunner:
         # Pad a short last round with copies of its first episode; their results are dropped.
         seeds = [s.seed for s in specs] + [specs[0].seed] * (self.n_envs - n)
         obs, _ = venv.reset(seed=seeds)
-        history = deque([obs] * self.n_obs_steps, maxlen=self.n_obs_steps)
+        policy.reset()
         filming = [i for i, s in enumerate(specs) if s.record_video and self.video_dir is not None]
         frames: dict[int, list[np.ndarray]] = {i: [] for i in filming}
         self._film(venv, frames)
@@ -175,24 +167,19 @@ class RolloutRunner:
         done[n:] = True
         steps = 0
         while steps < self.max_steps and not done.all():
-            obs_in = self.obs_transform(_stack(history))
-            actions = policy.predict_action({k: torch.as_tensor(v) for k, v in obs_in.items()})["action"]
-            actions = actions.detach().float().cpu().numpy()
-            for a in range(min(self.n_action_steps, actions.shape[1])):
-                if steps >= self.max_steps or done.all():
-                    break
-                venv.step_async(actions[:, a])
-                obs, reward, terminated, truncated, info = venv.step_wait(timeout=self.step_timeout_s)
-                steps += 1
-                history.append(obs)
-                success = info.get("is_success", np.zeros(self.n_envs, dtype=bool))
-                for i in np.flatnonzero(~done):
-                    r = results[i]
-                    r.score, r.length = max(r.score, float(reward[i])), steps
-                    r.success = r.success or bool(success[i])
-                    if terminated[i] or truncated[i]:
-                        done[i] = True
-                self._film(venv, {i: f for i, f in frames.items() if results[i].length == steps})
+            policy_obs = {k: torch.as_tensor(v) for k, v in self.obs_transform(obs).items()}
+            action = policy.select_action(policy_obs).detach().float().cpu().numpy()
+            venv.step_async(action)
+            obs, reward, terminated, truncated, info = venv.step_wait(timeout=self.step_timeout_s)
+            steps += 1
+            success = info.get("is_success", np.zeros(self.n_envs, dtype=bool))
+            for i in np.flatnonzero(~done):
+                r = results[i]
+                r.score, r.length = max(r.score, float(reward[i])), steps
+                r.success = r.success or bool(success[i])
+                if terminated[i] or truncated[i]:
+                    done[i] = True
+            self._film(venv, {i: f for i, f in frames.items() if results[i].length == steps})
         for i, f in frames.items():
             name = f"{tag}{specs[i].prefix}_seed{specs[i].seed}.mp4"
             results[i].video = str(write_mp4(f, self.video_dir / name, fps=self.fps))

@@ -13,7 +13,8 @@ from .ema import EMAModel
 from .logger import MetricsLogger
 from .sampler import ResumableSampler
 from .seeding import rng_state, seed_everything, set_rng_state
-from .trainer import Trainer, default_optimizer, to_device
+from .optim import adamw
+from .trainer import Trainer, to_device
 
 __all__ = [
     "DistInfo",
@@ -22,7 +23,7 @@ __all__ = [
     "ResumableSampler",
     "TopKCheckpoints",
     "Trainer",
-    "default_optimizer",
+    "adamw",
     "init_distributed",
     "load_config",
     "load_trainer_state",

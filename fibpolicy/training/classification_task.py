@@ -2,38 +2,39 @@
 
 Config contract (``kind: classification`` tasks; see ``config/task/digits.yaml`` and friends):
 
-- ``encoder``: the backbone family, as for the policy: ``image_encoder`` ``vit_fib`` (Fibottention) or
-  ``vit_dense`` (the dense twin) and ``image_encoder_kwargs.model_name`` (its size); other timm ViT
-  keywords there pass through. ``pool`` (the policy's feature pooling) does not apply: classifiers
-  pool with ``task.global_pool`` (``token``, the CLS head, by default).
+- ``encoder``: the backbone, as for the policy: ``model_name`` (a timm-registered name, e.g.
+  ``vit_fib_tiny_patch16_224``) and its keywords (``attention: dense`` for the dense twin, ...).
+  ``pool`` (the policy's feature pooling) does not apply: classifiers pool with ``task.global_pool``
+  (``token``, the CLS head, by default).
 - ``task``: ``input`` (``image`` | ``video``), ``backbone`` (geometry the data dictates: ``img_size``,
   ``patch_size``, ``num_frames``, ...; overrides the encoder's), ``transform`` (data-specific
   augmentation), ``train_dataset`` / ``test_dataset`` (``_target_`` classes taking ``transform=``),
   optional ``limit_train`` / ``limit_test`` and, for video, ``image_weights`` (start from an image ViT).
-- ``training``: a classification recipe (``training=classification``): ``drop_path_rate``,
+- ``training``: a classification recipe (the tasks' default ``training=classification``): ``drop_path_rate``,
   ``label_smoothing``, ``augment`` (timm ``create_transform`` keywords for images), ``mixup``,
   ``eval_batch_size``, ``ema`` and the ``trainer`` (optimiser factory with layer decay included).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import timm
-import torch
 import torch.nn as nn
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image, ImageOps
 from timm.data import create_transform
 from timm.data.auto_augment import AugmentOp, posterize as timm_posterize
 from torch.utils.data import Dataset, Subset
 
-from ..checkpoint import EMA_FILE, load_config, load_weights, read_meta, resolve_checkpoint
+from ..atomic import write_json
+from ..checkpoint import EMA_FILE, MODEL_FILE, load_config, load_weights, read_meta, resolve_checkpoint
+from ..device import default_device
+from ..shape_meta import plain
 from ..data.video_datasets import VideoClipTransform
 from ..encoders.video_vit import load_image_weights, video_variant
 from .classifier import ClassificationEvaluator, Classifier
@@ -67,10 +68,6 @@ class ClassificationData:
     train: Dataset | None
     test: Dataset
     classes: list[str]
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 def _input_kind(cfg: DictConfig) -> str:
@@ -130,10 +127,10 @@ def image_transforms(image_size: int, options: dict[str, Any]) -> tuple[Callable
 
 
 def _transforms(cfg: DictConfig) -> tuple[Callable, Callable]:
-    task_opts = _plain(cfg.task.get("transform")) or {}
+    task_opts = plain(cfg.task.get("transform")) or {}
     if _input_kind(cfg) == "image":
         # The recipe's augmentation first; the task overrides what its data needs (e.g. no flips for digits).
-        recipe = _plain(cfg.training.get("augment")) or {}
+        recipe = plain(cfg.training.get("augment")) or {}
         return image_transforms(int(cfg.task.image_size), {**recipe, **task_opts})
     unknown = sorted(set(task_opts) - VIDEO_TRANSFORM_KEYS)
     if unknown:
@@ -178,20 +175,18 @@ def build_datasets(cfg: DictConfig, *, train: bool = True) -> ClassificationData
 
 def build_backbone(cfg: DictConfig, num_classes: int) -> nn.Module:
     """The timm classifier the ``encoder`` group names, shaped by ``task.backbone`` (image or video ViT)."""
-    kind = cfg.encoder.get("image_encoder")
-    if kind not in ("vit_fib", "vit_dense"):
-        raise ValueError(f"encoder.image_encoder={kind!r}: classification needs a ViT encoder, 'vit_fib' or its dense twin 'vit_dense'")
-    attention = "dense" if kind == "vit_dense" else "fib"
-    kwargs = dict(_plain(cfg.encoder.get("image_encoder_kwargs")) or {})
-    kwargs.pop("pool", None)  # the policy's feature pooling; a classifier pools with task.global_pool
-    if kwargs.pop("attention", attention) != attention:
-        raise ValueError(f"encoder.image_encoder_kwargs.attention contradicts encoder.image_encoder={kind!r}")
-    model_name = kwargs.pop("model_name", "vit_fib_base_patch16_224")
-    kwargs.update(_plain(cfg.task.get("backbone")) or {})
+    kwargs = {k: v for k, v in (plain(cfg.encoder) or {}).items() if k not in ("_target_", "_partial_", "pool")}
+    model_name = kwargs.pop("model_name", None)
+    if model_name is None:
+        raise ValueError(
+            f"encoder {cfg.encoder.get('_target_')!r} names no timm model_name; classification needs a timm "
+            "backbone such as encoder=vit_fib_tiny or encoder=vit_dense_tiny"
+        )
+    kwargs.update(plain(cfg.task.get("backbone")) or {})
     if _input_kind(cfg) == "video":
         model_name = video_variant(model_name)
     return timm.create_model(
-        model_name, num_classes=num_classes, attention=attention, global_pool=cfg.task.get("global_pool", "token"),
+        model_name, num_classes=num_classes, global_pool=cfg.task.get("global_pool", "token"),
         drop_path_rate=float(cfg.training.get("drop_path_rate", 0.0)), **kwargs,
     )
 
@@ -199,7 +194,7 @@ def build_backbone(cfg: DictConfig, num_classes: int) -> nn.Module:
 def build_classifier(cfg: DictConfig, classes: Sequence[str]) -> Classifier:
     """Backbone plus loss for the task's input kind, with the recipe's label smoothing and mixup."""
     kind = _input_kind(cfg)
-    mixup = _plain(cfg.training.get("mixup")) or {}
+    mixup = plain(cfg.training.get("mixup")) or {}
     if kind == "video" and (mixup.get("cutmix_alpha", 0.0) > 0 or mixup.get("cutmix_minmax") is not None):
         raise ValueError("training.mixup cutmix is image-only (timm's CutMix cuts the last two dims); set cutmix_alpha=0 for video")
     return Classifier(
@@ -211,15 +206,13 @@ def build_classifier(cfg: DictConfig, classes: Sequence[str]) -> Classifier:
 # ------------------------------------------------------------------------------------------- training
 
 
-def _classification_config(cfg: DictConfig) -> DictConfig:
+def _check_recipe(cfg: DictConfig) -> None:
     if cfg.training.get("recipe") != "classification":
         raise ValueError(
             f"task={cfg.task.get('name')} is a classification task but the training config is not a classification "
-            f"recipe (training.recipe={cfg.training.get('recipe')!r}); add training=classification "
-            "(or training=classification_smoke)"
+            f"recipe (training.recipe={cfg.training.get('recipe')!r}); use training=classification "
+            "(the task's default) or training=classification_smoke"
         )
-    # The policy group is composed by default but means nothing here (and refers to task keys we lack).
-    return OmegaConf.masked_copy(cfg, [k for k in cfg if k != "policy"])
 
 
 def train_classifier(cfg: DictConfig) -> dict[str, Any]:
@@ -229,7 +222,7 @@ def train_classifier(cfg: DictConfig) -> dict[str, Any]:
     ``metrics.jsonl`` and TensorBoard; top-k checkpoints by ``test/top1``; at the end
     ``confusion_matrix.png`` (+ ``.csv``) of the final evaluation.
     """
-    cfg = _classification_config(cfg)
+    _check_recipe(cfg)
     run_dir = start_run(cfg)
 
     data = build_datasets(cfg)
@@ -237,14 +230,14 @@ def train_classifier(cfg: DictConfig) -> dict[str, Any]:
     if cfg.task.get("image_weights"):
         if _input_kind(cfg) != "video":
             raise ValueError("task.image_weights initialises a video ViT from an image ViT; this is an image task")
-        report = load_image_weights(model.backbone, cfg.task.image_weights)
+        report = load_image_weights(model.backbone, _weights_file(cfg.task.image_weights))
         print(f"[fibpolicy] video ViT from image weights {cfg.task.image_weights}: "
               + ", ".join(f"{k}={len(v)}" for k, v in report.items()))
     trainer_cfg = cfg.training.trainer
     evaluator = ClassificationEvaluator(
         data.test, batch_size=int(cfg.training.get("eval_batch_size", trainer_cfg.batch_size)),
         num_workers=int(trainer_cfg.get("num_workers", 0)), progress=bool(trainer_cfg.get("progress", False)),
-        mixed_precision=trainer_cfg.get("mixed_precision", True),
+        precision=trainer_cfg.get("precision", "auto"),
     )
     trainer = make_trainer(cfg, model=model, train_dataset=data.train, evaluator=evaluator)
     metrics = fit(trainer, cfg)
@@ -264,6 +257,7 @@ def evaluate_classifier(
     checkpoint: str | Path,
     *,
     output_dir: str | Path,
+    config: DictConfig | None = None,
     device: str | None = None,
     batch_size: int | None = None,
     num_workers: int = 0,
@@ -274,10 +268,11 @@ def evaluate_classifier(
     ``confusion_matrix.png`` in ``output_dir`` and returns the record.
 
     Uses the EMA weights when the checkpoint has them (``ema=False`` for the raw ones). ``num_clips``
-    changes the number of test-time clips of a video-list task (multi-clip averaging).
+    changes the number of test-time clips of a video-list task (multi-clip averaging). ``config``: the
+    checkpoint's config when the caller has already read it.
     """
     path = resolve_checkpoint(checkpoint)
-    cfg = load_config(path)
+    cfg = load_config(path) if config is None else config
     if cfg.task.get("kind") != "classification":
         raise ValueError(f"{path} is a {cfg.task.get('kind', 'policy')!r} checkpoint, not a classification one")
     if num_clips is not None:
@@ -288,11 +283,10 @@ def evaluate_classifier(
     model = build_classifier(cfg, data.classes)
     use_ema = (path / EMA_FILE).is_file() if ema is None else ema
     load_weights(model, path, ema=use_ema)
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(dev).eval()
+    model.to(default_device(device)).eval()
     # At the precision the run evaluated in during training, so the scores match its metrics.
     evaluator = ClassificationEvaluator(data.test, batch_size=batch_size or int(cfg.training.get("eval_batch_size", 256)),
-                                        num_workers=num_workers, mixed_precision=cfg.training.trainer.get("mixed_precision", True))
+                                        num_workers=num_workers, precision=cfg.training.trainer.get("precision", "auto"))
     meta = read_meta(path)
     metrics = evaluator(model, int(meta.get("epoch", 0)))
     output_dir = Path(output_dir)
@@ -314,8 +308,11 @@ def evaluate_classifier(
             name: (100.0 * float(matrix[i, i]) / float(support[i])) if support[i] else None for i, name in enumerate(data.classes)
         },
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = output_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(output_dir / "eval.json")
+    write_json(output_dir / "eval.json", record)
     return record
+
+
+def _weights_file(source: str | Path) -> Path:
+    """A weights file; a fibpolicy run or checkpoint directory stands for its model weights."""
+    path = Path(source)
+    return resolve_checkpoint(path) / MODEL_FILE if path.is_dir() else path

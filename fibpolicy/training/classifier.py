@@ -17,7 +17,7 @@ from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .trainer import MixedPrecision, resolve_bf16
+from ..device import use_bf16
 
 __all__ = ["ClassificationEvaluator", "Classifier", "classification_optimizer", "topk_correct"]
 
@@ -123,8 +123,8 @@ class ClassificationEvaluator:
 
     Called by the trainer after each evaluation epoch. The last call's labels and predictions stay in
     ``last_targets`` / ``last_predictions`` for the confusion matrix written at the end of training.
-    ``mixed_precision`` takes the trainer's values (``True``: bf16 on CUDA only, ``"bf16"``: on any device
-    with native bf16, ``False``: fp32): scores are computed at the precision the model trained in.
+    ``precision`` takes the trainer's values (``auto`` | ``bf16`` | ``fp32``): scores are computed at the
+    precision the model trained in.
     """
 
     def __init__(
@@ -135,12 +135,12 @@ class ClassificationEvaluator:
         num_workers: int = 0,
         prefix: str = "test",
         progress: bool = False,
-        mixed_precision: MixedPrecision = True,
+        precision: str = "auto",
     ) -> None:
         if len(dataset) == 0:
             raise ValueError("the evaluation dataset is empty")
         self.dataset, self.batch_size, self.num_workers = dataset, int(batch_size), int(num_workers)
-        self.prefix, self.progress, self.mixed_precision = prefix, progress, mixed_precision
+        self.prefix, self.progress, self.precision = prefix, progress, precision
         self.last_targets: np.ndarray | None = None
         self.last_predictions: np.ndarray | None = None
 
@@ -148,7 +148,7 @@ class ClassificationEvaluator:
     def __call__(self, model: nn.Module, epoch: int = 0, run_dir: str | Path | None = None) -> dict[str, float]:
         """Top-1 / top-5 accuracy and mean cross-entropy of ``model`` (put in eval mode by the caller)."""
         device = next(model.parameters()).device
-        use_bf16 = resolve_bf16(self.mixed_precision, device)
+        bf16 = use_bf16(self.precision, device)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
                             pin_memory=device.type == "cuda")
         total, loss_sum, correct = 0, 0.0, {1: 0, 5: 0}
@@ -156,7 +156,7 @@ class ClassificationEvaluator:
         for batch in tqdm(loader, desc=f"{self.prefix} epoch {epoch}", leave=False, disable=not self.progress):
             x = batch[model.input_key].to(device, non_blocking=True)
             y = batch["label"].to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             logits = logits.float()
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))

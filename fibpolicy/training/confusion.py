@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..atomic import atomic_path, write_text
+
 __all__ = ["confusion_matrix", "render_confusion_matrix", "write_confusion_matrix"]
 
 
@@ -80,9 +82,9 @@ def write_confusion_matrix(
     """Write the PNG at ``path`` and the counts next to it as CSV (``<stem>.csv``); returns the matrix."""
     path = Path(path)
     matrix = confusion_matrix(targets, predictions, len(class_names))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    render_confusion_matrix(matrix, class_names, title).save(path)
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        render_confusion_matrix(matrix, class_names, title).save(tmp)
     header = ",".join(["true\\predicted", *[str(c).replace(",", " ") for c in class_names]])
     rows = [",".join([str(c).replace(",", " "), *map(str, matrix[i])]) for i, c in enumerate(class_names)]
-    path.with_suffix(".csv").write_text("\n".join([header, *rows]) + "\n")
+    write_text(path.with_suffix(".csv"), "\n".join([header, *rows]) + "\n")
     return matrix

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..device import default_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -34,14 +36,14 @@ def init_distributed(device: str | None = None) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if want.startswith("cuda"):
+    want = default_device(device)
+    if want.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={want!r} requested but CUDA is not available")
-        dev = torch.device("cuda", local_rank if world_size > 1 else torch.device(want).index or 0)
+            raise ValueError(f"device={device!r} requested but CUDA is not available")
+        dev = torch.device("cuda", local_rank if world_size > 1 else want.index or 0)
         torch.cuda.set_device(dev)
     else:
-        dev = torch.device(want)
+        dev = want
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)

@@ -9,6 +9,8 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from ..atomic import write_text
+
 
 class MetricsLogger:
     """Appends ``{"step": ..., **metrics}`` lines and mirrors numeric values to TensorBoard."""
@@ -23,13 +25,11 @@ class MetricsLogger:
     def _truncate_after(self, step: int) -> None:
         # A killed run may have logged past its last checkpoint; the resumed run logs those steps again.
         kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.path)
+        write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         """Record ``metrics`` at optimisation step ``step``."""
-        row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        row = {"step": step, **{k: _scalar(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.writer is not None:
@@ -37,19 +37,13 @@ class MetricsLogger:
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(key, value, step)
 
-    def read(self) -> list[dict[str, Any]]:
-        """All rows logged so far."""
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
-
     def close(self) -> None:
         """Flush and close TensorBoard."""
         if self.writer is not None:
             self.writer.close()
 
 
-def _plain(value: Any) -> Any:
+def _scalar(value: Any) -> Any:
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
         return value.item()
     return value

@@ -2,8 +2,8 @@
 
 The model only has to provide ``compute_loss(batch) -> Tensor | dict`` (a dict carries ``"loss"``
 plus any scalars to log). Everything else lives here: AdamW (or any optimiser factory), warm-up +
-cosine schedule stepped per batch, gradient clipping, bf16 autocast (on CUDA, or on any device with
-native bf16 when asked for), EMA, validation loss,
+cosine schedule stepped per batch, gradient clipping, bf16 autocast (``precision``: ``auto`` = where the
+hardware has native bf16), EMA, validation loss,
 periodic task evaluation (rollouts, test accuracy) through an ``evaluator`` callback, top-k
 checkpoints by a monitored score plus ``latest``, TensorBoard + ``metrics.jsonl``, tqdm, DDP under
 ``torchrun``, and exact resumption (model, optimiser, scheduler, EMA, sampler position, RNG states).
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
@@ -26,9 +25,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..device import use_bf16
 from ..checkpoint import CHECKPOINTS_DIR, TopKCheckpoints, latest_checkpoint, load_trainer_state, load_weights, save_checkpoint
 from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
 from .logger import MetricsLogger
+from .optim import adamw
 from .sampler import ResumableSampler
 from .seeding import rng_state, seed_everything, set_rng_state
 
@@ -90,57 +91,6 @@ def _split_loss(out: Any) -> tuple[torch.Tensor, dict[str, float]]:
     return out, {}
 
 
-MixedPrecision = bool | str | None
-BF16_EVERYWHERE = "bf16"
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively (CPU: oneDNN's check for AVX-512 BF16 / AMX)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):  # a private op: absent from some builds
-            return False
-    return False
-
-
-def resolve_bf16(mixed_precision: MixedPrecision, device: torch.device | str) -> bool:
-    """Whether training and evaluation on ``device`` run under bf16 autocast.
-
-    ``True`` means bf16 on CUDA only (the policy recipes' setting); ``"bf16"`` means bf16 on any device
-    with native bf16 (e.g. CPUs with AVX-512 BF16, where it roughly halves a ViT step). Where that
-    support is missing, emulated bf16 would be slower than fp32, so the run warns and stays in fp32.
-    ``False`` / ``None`` / ``"fp32"`` / ``"no"`` mean fp32.
-    """
-    device = torch.device(device)
-    if mixed_precision is None or mixed_precision is False:
-        return False
-    if mixed_precision is True:
-        return device.type == "cuda"
-    if isinstance(mixed_precision, str) and mixed_precision.lower() in ("fp32", "no", "none", "false"):
-        return False
-    if mixed_precision != BF16_EVERYWHERE:
-        raise ValueError(
-            f"mixed_precision={mixed_precision!r} is not understood; expected true (bf16 on CUDA only), "
-            f"'{BF16_EVERYWHERE}' (bf16 on any device with native bf16) or false"
-        )
-    if not native_bf16(device):
-        warnings.warn(
-            f"mixed_precision='{BF16_EVERYWHERE}' but this {device.type} device has no native bf16 "
-            "(torch.ops.mkldnn._is_mkldnn_bf16_supported() is False on CPU); training in fp32 instead",
-            RuntimeWarning, stacklevel=2,
-        )
-        return False
-    return True
-
-
-def default_optimizer(model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW with the Diffusion Policy reference settings (lr 1e-4, betas (0.95, 0.999), wd 1e-6)."""
-    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
-
-
 class Trainer:
     """Trains ``model`` on ``train_dataset``; see the module docstring for what it takes care of."""
 
@@ -151,7 +101,7 @@ class Trainer:
         *,
         run_dir: str | Path,
         val_dataset: Dataset | None = None,
-        optimizer: Callable[[nn.Module], torch.optim.Optimizer] = default_optimizer,
+        optimizer: Callable[[nn.Module], torch.optim.Optimizer] = adamw,
         lr_scheduler: str = "cosine",
         lr_warmup_steps: int = 500,
         lr_warmup_epochs: float | None = None,
@@ -162,7 +112,7 @@ class Trainer:
         num_workers: int = 0,
         grad_clip_norm: float | None = None,
         ema: Callable[[nn.Module], EMALike] | None = None,
-        mixed_precision: MixedPrecision = True,
+        precision: str = "auto",
         log_every_steps: int = 10,
         val_every_epochs: int = 1,
         eval_every_epochs: int = 50,
@@ -191,7 +141,8 @@ class Trainer:
         self.num_epochs, self.max_steps, self.batch_size = num_epochs, max_steps, batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers, self.grad_clip_norm, self.collate_fn = num_workers, grad_clip_norm, collate_fn
-        self.use_bf16 = resolve_bf16(mixed_precision, self.device)
+        self.precision = precision
+        self.use_bf16 = use_bf16(precision, self.device)
         self.log_every_steps, self.val_every_epochs = log_every_steps, val_every_epochs
         self.eval_every_epochs, self.checkpoint_every_epochs = eval_every_epochs, checkpoint_every_epochs
         self.checkpoint_every_steps, self.monitor, self.evaluator = checkpoint_every_steps, monitor, evaluator

@@ -12,11 +12,13 @@ from ..pattern import FibPattern
 from .cpu_kernel import cpu_fib_attention, cpu_kernel_status
 from .dense import dense_fib_attention
 from .fused import fused_fib_attention
+from .gather import gather_attention
 from .sparse import diagonal_plan, sparse_fib_attention
 from .triton_diag import triton_available, triton_fib_attention
 
 __all__ = [
-    "BACKENDS", "MODES", "backend_status", "cpu_kernel_status", "diagonal_plan", "fib_attention", "select_backend",
+    "BACKENDS", "MODES", "RANDOM_KEY_BACKENDS", "backend_status", "cpu_kernel_status", "diagonal_plan",
+    "fib_attention", "select_backend",
 ]
 
 AttentionFn = Callable[..., torch.Tensor]
@@ -27,7 +29,10 @@ BACKENDS: dict[str, AttentionFn] = {
     "sparse": sparse_fib_attention,  # diagonal by diagonal with torch ops, never T x T
     "cpu": cpu_fib_attention,  # compiled C kernel: one pass per (batch, head) slab, never T x T
     "triton": triton_fib_attention,  # Triton kernels for CUDA, never T x T
+    "gather": gather_attention,  # every query's keys gathered at once, plain autograd (random keys on CUDA)
 }
+# Backends that take per-call random keys (BigBird); the others run fixed patterns only.
+RANDOM_KEY_BACKENDS = ("dense", "sparse", "cpu", "gather")
 MODES = ("multiplicative", "additive")
 
 # Without the compiled kernel (no C compiler): measured with benchmarks/attention.py on the project's
@@ -79,10 +84,19 @@ def _triton_self_check(device: str) -> bool:
     return True
 
 
-def select_backend(num_tokens: int, device: torch.device, *, dropout_p: float = 0.0) -> str:
-    """The backend ``"auto"`` resolves to for a sequence length, device and attention dropout."""
+def _random_keys_per_query(pattern) -> int:
+    return int(getattr(pattern, "random_keys_per_query", 0) or 0)
+
+
+def select_backend(num_tokens: int, device: torch.device, *, dropout_p: float = 0.0, pattern=None) -> str:
+    """The backend ``"auto"`` resolves to for a sequence length, device, attention dropout and pattern."""
     if dropout_p > 0.0:
         return "dense"  # the only backend with dropout on individual attention weights
+    if pattern is not None and _random_keys_per_query(pattern):
+        # Random keys per call: the compiled CPU kernel takes them; elsewhere the gather paths.
+        if device.type == "cpu":
+            return "cpu" if backend_status("cpu", device)[0] else "sparse"
+        return "gather"
     if device.type == "cpu":
         # The compiled kernel is the fastest CPU path at every length measured (65 to 4097 tokens).
         if backend_status("cpu", device)[0]:
@@ -114,8 +128,14 @@ def fib_attention(
     backend: str = "auto",
     scale: float | None = None,
     dropout_p: float = 0.0,
+    random_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fibottention of (B, h, T, d) queries, keys and values; T = prefix tokens + patches."""
+    """Fibottention (or any pattern of ``fibpolicy.attention.patterns``) of (B, h, T, d) queries, keys and
+    values; T = prefix tokens + patches.
+
+    A pattern with random keys (BigBird) draws them here on every call unless ``random_keys``
+    (B, h, N, r) int64 patch indices, -1 for none, are given (as the tests do, to compare backends).
+    """
     if q.dim() != 4 or q.shape != k.shape or k.shape != v.shape:
         raise ValueError(f"q, k, v must share one (B, h, T, d) shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if q.shape[1] != pattern.num_heads:
@@ -129,11 +149,23 @@ def fib_attention(
         )
     _check_rows(pattern, num_patches, mode)
     if backend == "auto":
-        backend = select_backend(q.shape[-2], q.device, dropout_p=dropout_p)
+        backend = select_backend(q.shape[-2], q.device, dropout_p=dropout_p, pattern=pattern)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'auto' or one of {tuple(BACKENDS)}, got {backend!r}")
     available, why = backend_status(backend, q.device)
     if not available:
         raise RuntimeError(f"Fibottention backend {backend!r} cannot run on {q.device}: {why}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return BACKENDS[backend](q, k, v, pattern, mode=mode, scale=scale, dropout_p=dropout_p)
+    extra = {}
+    if random_keys is None and _random_keys_per_query(pattern):
+        random_keys = pattern.sample_random_keys(q.shape[0], num_patches, q.device)
+    if random_keys is not None:
+        if backend not in RANDOM_KEY_BACKENDS:
+            raise ValueError(
+                f"backend {backend!r} runs fixed patterns only; random keys (BigBird) need one of {RANDOM_KEY_BACKENDS}"
+            )
+        if random_keys.shape[:3] != (q.shape[0], q.shape[1], num_patches):
+            raise ValueError(f"random_keys must be (B, h, N, r) = ({q.shape[0]}, {q.shape[1]}, {num_patches}, r), "
+                             f"got {tuple(random_keys.shape)}")
+        extra["random_keys"] = random_keys
+    return BACKENDS[backend](q, k, v, pattern, mode=mode, scale=scale, dropout_p=dropout_p, **extra)

@@ -6,6 +6,10 @@ backend does the same arithmetic in one pass per (batch, head) slab while the sl
 (``csrc/fib_diagonal.c``): it never builds anything of size T x T, keeps only the per-row log-sum-exp
 for backward, and runs float32 and float64 natively (other dtypes are computed in float32).
 
+The other fixed patterns (``fibpolicy.attention.patterns``) run through the same kernel: a per-slot
+column mask, per-query anchors and per-query extra keys (BigBird's random keys, ``random_keys``) are
+optional arguments; without them the kernel walks Fibottention's diagonals exactly as before.
+
 The C source is compiled on first use with the system's C compiler (``$CC``, else ``cc``/``gcc``) into
 a per-user cache (``$FIBPOLICY_KERNEL_CACHE``, else ``~/.cache/fibpolicy/kernels``), keyed by the
 source, the flags and the CPU, written to a temporary name and renamed. Without a compiler, or with
@@ -21,15 +25,16 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from ...atomic import atomic_path
+
 from ..pattern import FibPattern
-from .sparse import DiagonalPlan, diagonal_plan, offset_table
+from .sparse import DiagonalPlan, anchor_table, column_table, diagonal_plan, offset_table
 
 SOURCE = Path(__file__).with_name("csrc") / "fib_diagonal.c"
 _SOURCES = (SOURCE, SOURCE.with_name("fib_diagonal_body.h"))
@@ -69,28 +74,31 @@ def _compiler() -> str | None:
 
 def _compile(cc: str, out: Path) -> None:
     """Build the shared library at ``out`` (temporary name, then rename), with -march=native if accepted."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".so.tmp", dir=out.parent)
-    os.close(fd)
     errors = []
-    try:
-        for arch in (("-march=native",), ()):
-            cmd = [cc, *_FLAGS, *arch, str(SOURCE), "-o", tmp, *_LIBS]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode == 0:
-                os.replace(tmp, out)
-                return
-            errors.append(f"{' '.join(cmd)}\n{res.stderr.strip()[-2000:]}")
-        raise RuntimeError("compiling the Fibottention CPU kernel failed:\n" + "\n".join(errors))
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    for arch in (("-march=native",), ()):
+        try:
+            with atomic_path(out, suffix=".so") as tmp:
+                cmd = [cc, *_FLAGS, *arch, str(SOURCE), "-o", str(tmp), *_LIBS]
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode != 0:
+                    raise _CompileError(f"{' '.join(cmd)}\n{res.stderr.strip()[-2000:]}")
+            return
+        except _CompileError as err:
+            errors.append(str(err))
+    raise RuntimeError("compiling the Fibottention CPU kernel failed:\n" + "\n".join(errors))
+
+
+class _CompileError(RuntimeError):
+    """One compiler invocation failed (another set of flags may still work)."""
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i64, i32, f64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_double
-    lib.fib_forward.argtypes = [i32, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, f64, i32, i32]
-    lib.fib_backward.argtypes = [i32, p, p, p, p, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, f64, i32, i32]
+    # ..., then the optional parts of the other fixed patterns: column shifts, grid width, anchors,
+    # extra (random) keys and their count per query.
+    tail = [p, i64, p, p, i64]
+    lib.fib_forward.argtypes = [i32, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, f64, i32, i32, *tail]
+    lib.fib_backward.argtypes = [i32, p, p, p, p, p, p, p, p, p, p, p, i64, i64, i64, i64, i64, i64, f64, i32, i32, *tail]
     lib.fib_forward.restype = lib.fib_backward.restype = ctypes.c_int
     return lib
 
@@ -137,9 +145,19 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+def _pattern_tail(plan: DiagonalPlan, extra: torch.Tensor | None) -> tuple:
+    """The kernel's trailing arguments: column shifts, grid width, anchors, extra keys, extras per query."""
+    shifts = column_table(plan)
+    anchors = anchor_table(plan)
+    return (
+        _ptr(shifts), plan.col_width if shifts is not None else 0, _ptr(anchors), _ptr(extra),
+        0 if extra is None else extra.shape[-1],
+    )
+
+
 class _KernelAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, plan: DiagonalPlan, multiplicative: bool, scale: float):  # noqa: D102
+    def forward(ctx, q, k, v, plan: DiagonalPlan, multiplicative: bool, scale: float, extra=None):  # noqa: D102
         lib = _load()
         bsz, heads, tokens, dim = q.shape
         offsets, counts = offset_table(plan)
@@ -148,12 +166,12 @@ class _KernelAttention(torch.autograd.Function):
         status = lib.fib_forward(
             q.dtype == torch.float64, _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), _ptr(offsets),
             _ptr(counts), offsets.shape[1], bsz, heads, tokens, plan.num_prefix, dim, scale,
-            int(multiplicative), torch.get_num_threads(),
+            int(multiplicative), torch.get_num_threads(), *_pattern_tail(plan, extra),
         )
         if status != 0:
             raise MemoryError("the Fibottention CPU kernel could not allocate its per-thread scratch buffers")
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan, ctx.multiplicative, ctx.scale = plan, multiplicative, scale
+        ctx.plan, ctx.multiplicative, ctx.scale, ctx.extra = plan, multiplicative, scale, extra
         return out
 
     @staticmethod
@@ -169,10 +187,11 @@ class _KernelAttention(torch.autograd.Function):
             q.dtype == torch.float64, _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(grad_out), _ptr(lse),
             *(_ptr(g) for g in grads), _ptr(offsets), _ptr(counts), offsets.shape[1], bsz, heads, tokens,
             ctx.plan.num_prefix, dim, ctx.scale, int(ctx.multiplicative), torch.get_num_threads(),
+            *_pattern_tail(ctx.plan, ctx.extra),
         )
         if status != 0:
             raise MemoryError("the Fibottention CPU kernel could not allocate its per-thread scratch buffers")
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)
 
 
 def cpu_fib_attention(
@@ -184,8 +203,10 @@ def cpu_fib_attention(
     mode: str,
     scale: float,
     dropout_p: float = 0.0,
+    random_keys: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fibottention on (B, h, T, d) CPU tensors with the compiled kernel: O(T * k * d), never T x T."""
+    """Fibottention (or any fixed pattern; ``random_keys`` (B, h, N, r) for BigBird) on (B, h, T, d) CPU
+    tensors with the compiled kernel: O(T * k * d), never T x T."""
     if dropout_p > 0.0:
         raise ValueError("the 'cpu' backend does not implement attention dropout; use backend='dense'")
     if q.device.type != "cpu":
@@ -197,5 +218,11 @@ def cpu_fib_attention(
     work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     q, k, v = (t.to(work).contiguous() for t in (q, k, v))
     plan = diagonal_plan(pattern, q.shape[-2] - pattern.num_prefix_tokens)
-    out = _KernelAttention.apply(q, k, v, plan, mode == "multiplicative", float(scale))
+    extra = None
+    if random_keys is not None:
+        bsz, heads, n, _ = random_keys.shape
+        if (bsz, heads, n) != (q.shape[0], q.shape[1], plan.num_patches):
+            raise ValueError(f"random_keys of shape {tuple(random_keys.shape)} do not match q {tuple(q.shape)}")
+        extra = random_keys.to(torch.int32).contiguous()
+    out = _KernelAttention.apply(q, k, v, plan, mode == "multiplicative", float(scale), extra)
     return out.to(dtype)

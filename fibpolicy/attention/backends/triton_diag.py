@@ -32,6 +32,14 @@ Backward, without atomics:
   In multiplicative mode every key's dV gets ``sum_n c'_n dO_n`` (masked keys are weighted c'_n) and
   an allowed key's weight is ``p - c'_n`` on top of it.
 
+The other fixed patterns (``fibpolicy.attention.patterns``) add two optional inputs, switched on by
+constexpr flags so that Fibottention's kernels are unchanged. A per-slot column shift with the grid
+width (``HAS_COL``) keeps a key only where the anchor's column plus the shift stays on the grid. A
+per-query anchor table (``HAS_ANCHOR``) gives each query its key as ``anchor + o`` (windows clamped
+into the grid). For anchored patterns the dK/dV kernel cannot find a key's queries as ``j - o``, so it
+reads them from an inverse (h, N, max in-degree) table built once per shape. Random keys (BigBird) are
+not supported here; ``auto`` sends them to the ``gather`` backend on CUDA.
+
 Prefix query rows see every key in both modes: they go through ``F.scaled_dot_product_attention``
 (P dense rows), as in the ``sparse`` backend, and autograd adds their gradients.
 
@@ -51,7 +59,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..pattern import FibPattern
-from .sparse import diagonal_plan, offset_table
+from .sparse import anchor_table, column_table, diagonal_plan, inverse_query_table, offset_table
 
 try:
     import triton
@@ -86,14 +94,36 @@ def _slot_table(pattern: FibPattern, num_patches: int, device: str) -> tuple[tor
     return table.to(device), counts.to(device), table.shape[1]
 
 
+@lru_cache(maxsize=64)
+def _pattern_tables(pattern, num_patches: int, device: str) -> dict:
+    """The optional tables of the other fixed patterns on ``device`` (dummies when a pattern lacks them).
+
+    ``dcs``/``colw``: per-slot column shifts and grid width of the column mask; ``anch``: per-query
+    anchors; ``invq``/``dmax``: for anchored patterns, the queries that reach each key (the dK/dV kernel
+    cannot find them as a fixed shift).
+    """
+    plan = diagonal_plan(pattern, num_patches)
+    dummy = torch.zeros(1, dtype=torch.int32, device=device)
+    shifts, anchors = column_table(plan), anchor_table(plan)
+    out = dict(dcs=dummy, colw=1, anch=dummy, invq=dummy, dmax=1, has_col=shifts is not None,
+               has_anchor=anchors is not None)
+    if shifts is not None:
+        out.update(dcs=shifts.to(device), colw=int(plan.col_width))
+    if anchors is not None:
+        inverse = inverse_query_table(plan)
+        out.update(anch=anchors.to(device), invq=inverse.contiguous().to(device), dmax=int(inverse.shape[-1]))
+    return out
+
+
 if triton is not None:
 
     @triton.jit
     def _fwd_kernel(
-        Q, K, V, SUMV, OFFS, CNT, OUT, LSE,
+        Q, K, V, SUMV, OFFS, CNT, OUT, LSE, DCS, ANCH,
         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
-        H, N, P, D, S, total_keys, scale,
+        H, N, P, D, S, total_keys, scale, COLW,
         MULT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+        HAS_COL: tl.constexpr, HAS_ANCHOR: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -136,10 +166,17 @@ if triton is not None:
             m_i = m_new
 
         count = tl.load(CNT + h)
+        if HAS_ANCHOR:
+            base = tl.load(ANCH + hh * N + rows, mask=row_ok, other=0)
+        else:
+            base = rows
         for si in range(0, count):
             o = tl.load(OFFS + h * S + si)
-            keys = rows + o
+            keys = base + o
             ok = row_ok & (keys >= 0) & (keys < N)
+            if HAS_COL:
+                c = base % COLW + tl.load(DCS + h * S + si)
+                ok = ok & (c >= 0) & (c < COLW)
             kv_ok = ok[:, None] & col_ok[None, :]
             kt = tl.load(k_base + (P + keys)[:, None] * skt + cols[None, :], mask=kv_ok, other=0.0).to(tl.float32)
             vt = tl.load(v_base + (P + keys)[:, None] * svt + cols[None, :], mask=kv_ok, other=0.0).to(tl.float32)
@@ -167,10 +204,11 @@ if triton is not None:
 
     @triton.jit
     def _bwd_dq_kernel(
-        Q, K, V, OUT, DO, LSE, OFFS, CNT, DQ, DELTA, DKP, DVP, SDOC,
+        Q, K, V, OUT, DO, LSE, OFFS, CNT, DQ, DELTA, DKP, DVP, SDOC, DCS, ANCH,
         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot, sdb, sdh, sdt,
-        H, N, P, D, S, scale,
+        H, N, P, D, S, scale, COLW,
         MULT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+        HAS_COL: tl.constexpr, HAS_ANCHOR: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -214,10 +252,17 @@ if triton is not None:
             tl.store(DVP + (part + j) * D + cols, tl.sum(w[:, None] * do, axis=0), mask=col_ok)
 
         count = tl.load(CNT + h)
+        if HAS_ANCHOR:
+            base = tl.load(ANCH + hh * N + rows, mask=row_ok, other=0)
+        else:
+            base = rows
         for si in range(0, count):
             o = tl.load(OFFS + h * S + si)
-            keys = rows + o
+            keys = base + o
             ok = row_ok & (keys >= 0) & (keys < N)
+            if HAS_COL:
+                c = base % COLW + tl.load(DCS + h * S + si)
+                ok = ok & (c >= 0) & (c < COLW)
             kv_ok = ok[:, None] & col_ok[None, :]
             kt = tl.load(k_base + (P + keys)[:, None] * skt + cols[None, :], mask=kv_ok, other=0.0).to(tl.float32)
             vt = tl.load(v_base + (P + keys)[:, None] * svt + cols[None, :], mask=kv_ok, other=0.0).to(tl.float32)
@@ -233,11 +278,30 @@ if triton is not None:
             tl.store(SDOC + (pid_bh.to(tl.int64) * num_m + pid_m) * D + cols, sdoc, mask=col_ok)
 
     @triton.jit
+    def _dkdv_step(qrows, ok, q_base, do_base, row_stats, kt, vt, cols, col_ok, sqt, sdt, LSE, DELTA, scale, dk, dv,
+                   MULT: tl.constexpr):
+        """dK/dV of a key block from one query per key (``qrows``, where ``ok``)."""
+        q_ok = ok[:, None] & col_ok[None, :]
+        qn = tl.load(q_base + qrows[:, None] * sqt + cols[None, :], mask=q_ok, other=0.0).to(tl.float32)
+        don = tl.load(do_base + qrows[:, None] * sdt + cols[None, :], mask=q_ok, other=0.0).to(tl.float32)
+        lse = tl.load(LSE + row_stats + qrows, mask=ok, other=0.0)
+        delta = tl.load(DELTA + row_stats + qrows, mask=ok, other=0.0)
+        p = tl.where(ok, tl.exp(tl.sum((qn * scale) * kt, axis=1) - lse), 0.0)
+        ds = p * (tl.sum(don * vt, axis=1) - delta)
+        dk += ds[:, None] * qn
+        w = p
+        if MULT:
+            w = tl.where(ok, p - tl.exp(-lse), 0.0)
+        dv += w[:, None] * don
+        return dk, dv
+
+    @triton.jit
     def _bwd_dkdv_kernel(
-        Q, K, V, DO, LSE, DELTA, SDOC, OFFS, CNT, DK, DV,
+        Q, K, V, DO, LSE, DELTA, SDOC, OFFS, CNT, DK, DV, DCS, INVQ,
         sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
-        H, N, P, D, T, S, scale,
+        H, N, P, D, T, S, scale, COLW, DMAX,
         MULT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+        HAS_COL: tl.constexpr, HAS_ANCHOR: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
@@ -260,24 +324,25 @@ if triton is not None:
         dk = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         dv = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-        count = tl.load(CNT + h)
-        for si in range(0, count):
-            o = tl.load(OFFS + h * S + si)
-            # Key j is met by query n through slot o when j = n + o.
-            qrows = keys - o
-            ok = key_ok & (qrows >= 0) & (qrows < N)
-            q_ok = ok[:, None] & col_ok[None, :]
-            qn = tl.load(q_base + qrows[:, None] * sqt + cols[None, :], mask=q_ok, other=0.0).to(tl.float32)
-            don = tl.load(do_base + qrows[:, None] * sdt + cols[None, :], mask=q_ok, other=0.0).to(tl.float32)
-            lse = tl.load(LSE + row_stats + qrows, mask=ok, other=0.0)
-            delta = tl.load(DELTA + row_stats + qrows, mask=ok, other=0.0)
-            p = tl.where(ok, tl.exp(tl.sum((qn * scale) * kt, axis=1) - lse), 0.0)
-            ds = p * (tl.sum(don * vt, axis=1) - delta)
-            dk += ds[:, None] * qn
-            w = p
-            if MULT:
-                w = tl.where(ok, p - tl.exp(-lse), 0.0)
-            dv += w[:, None] * don
+        if HAS_ANCHOR:
+            # Anchored windows: the queries that reach each key come from a table (-1 padded).
+            for ci in range(0, DMAX):
+                qrows = tl.load(INVQ + (hh * N + keys) * DMAX + ci, mask=key_ok, other=-1)
+                ok = key_ok & (qrows >= 0)
+                dk, dv = _dkdv_step(qrows, ok, q_base, do_base, row_stats, kt, vt, cols, col_ok, sqt, sdt, LSE,
+                                    DELTA, scale, dk, dv, MULT)
+        else:
+            count = tl.load(CNT + h)
+            for si in range(0, count):
+                o = tl.load(OFFS + h * S + si)
+                # Key j is met by query n through slot o when j = n + o.
+                qrows = keys - o
+                ok = key_ok & (qrows >= 0) & (qrows < N)
+                if HAS_COL:
+                    c = qrows % COLW + tl.load(DCS + h * S + si)
+                    ok = ok & (c >= 0) & (c < COLW)
+                dk, dv = _dkdv_step(qrows, ok, q_base, do_base, row_stats, kt, vt, cols, col_ok, sqt, sdt, LSE,
+                                    DELTA, scale, dk, dv, MULT)
 
         dk = dk * scale
         if MULT:
@@ -311,16 +376,18 @@ class _TritonDiagonalAttention(torch.autograd.Function):
         bsz, heads, n, d = q_patch.shape
         p, t = pattern.num_prefix_tokens, k.shape[-2]
         offs, counts, width = _slot_table(pattern, n, str(q_patch.device))
+        tabs = _pattern_tables(pattern, n, str(q_patch.device))
         block_d, block_m, _ = _blocks(d)
         out = torch.empty(bsz, heads, n, d, dtype=q_patch.dtype, device=q_patch.device)
         lse = torch.empty(bsz * heads, n, dtype=torch.float32, device=q_patch.device)
         sum_v = v.sum(dim=-2, dtype=torch.float32).reshape(bsz * heads, d) if multiplicative else lse
         grid = (triton.cdiv(n, block_m), bsz * heads)
         _fwd_kernel[grid](
-            q_patch, k, v, sum_v, offs, counts, out, lse,
+            q_patch, k, v, sum_v, offs, counts, out, lse, tabs["dcs"], tabs["anch"],
             *_strides(q_patch), *_strides(k), *_strides(v), *_strides(out),
-            heads, n, p, d, width, float(t), float(scale),
-            MULT=multiplicative, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4,
+            heads, n, p, d, width, float(t), float(scale), tabs["colw"],
+            MULT=multiplicative, BLOCK_M=block_m, BLOCK_D=block_d,
+            HAS_COL=tabs["has_col"], HAS_ANCHOR=tabs["has_anchor"], num_warps=4,
         )
         ctx.save_for_backward(q_patch, k, v, out, lse)
         ctx.pattern, ctx.multiplicative, ctx.scale = pattern, multiplicative, scale
@@ -335,6 +402,7 @@ class _TritonDiagonalAttention(torch.autograd.Function):
         p, t = ctx.pattern.num_prefix_tokens, k.shape[-2]
         dev = q_patch.device
         offs, counts, width = _slot_table(ctx.pattern, n, str(dev))
+        tabs = _pattern_tables(ctx.pattern, n, str(dev))
         block_d, _, block_m = _blocks(d)
         num_m = triton.cdiv(n, block_m)
         grad_out = _last_dim_contiguous(grad_out)
@@ -351,17 +419,20 @@ class _TritonDiagonalAttention(torch.autograd.Function):
         grid = (num_m, bsz * heads)
         _bwd_dq_kernel[grid](
             q_patch, k, v, out, grad_out, lse, offs, counts, grad_q, delta, dk_prefix, dv_prefix, sdoc,
+            tabs["dcs"], tabs["anch"],
             *_strides(q_patch), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
-            heads, n, p, d, width, float(scale),
-            MULT=multiplicative, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4,
+            heads, n, p, d, width, float(scale), tabs["colw"],
+            MULT=multiplicative, BLOCK_M=block_m, BLOCK_D=block_d,
+            HAS_COL=tabs["has_col"], HAS_ANCHOR=tabs["has_anchor"], num_warps=4,
         )
         if multiplicative:
             sdoc = sdoc.sum(dim=1)  # (B*h, d): sum over patch rows of c'_n dO_n, shared by every key's dV
         _bwd_dkdv_kernel[grid](
-            q_patch, k, v, grad_out, lse, delta, sdoc, offs, counts, grad_k, grad_v,
+            q_patch, k, v, grad_out, lse, delta, sdoc, offs, counts, grad_k, grad_v, tabs["dcs"], tabs["invq"],
             *_strides(q_patch), *_strides(k), *_strides(v), *_strides(grad_out),
-            heads, n, p, d, t, width, float(scale),
-            MULT=multiplicative, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4,
+            heads, n, p, d, t, width, float(scale), tabs["colw"], tabs["dmax"],
+            MULT=multiplicative, BLOCK_M=block_m, BLOCK_D=block_d,
+            HAS_COL=tabs["has_col"], HAS_ANCHOR=tabs["has_anchor"], num_warps=4,
         )
         if p:
             dk_p = dk_prefix.sum(dim=1).mul_(scale)
@@ -386,6 +457,8 @@ def _check_inputs(
         )
     if q.shape[1] != pattern.num_heads:
         raise ValueError(f"q has {q.shape[1]} heads but the pattern was built for {pattern.num_heads}")
+    if getattr(pattern, "random_keys_per_query", 0):
+        raise ValueError("the 'triton' backend runs fixed patterns only; random keys (BigBird) need 'gather' on CUDA")
     if q.shape[-2] <= pattern.num_prefix_tokens:
         raise ValueError(
             f"sequence of {q.shape[-2]} tokens has no patch token after {pattern.num_prefix_tokens} prefix tokens"

@@ -2,7 +2,10 @@
  *
  * Tensors are contiguous (B, H, T, D) with T = P prefix tokens + N patches. Patch query n of head h
  * attends to the P prefix keys and to the patch keys n + o for the head's signed offsets o (each
- * offset once, both signs, 0 at most once). Prefix queries attend to every key.
+ * offset once, both signs, 0 at most once). Prefix queries attend to every key. The other fixed
+ * patterns (fibpolicy.attention.patterns) may add a per-slot column mask on a W-wide grid, per-query
+ * anchors (key = anchor + o) and per-query extra keys (BigBird's random keys); all keys of a row are
+ * distinct, so the multiplicative count T - |allowed| stays right.
  *
  * Multiplicative mode (the release's softmax(S * M)): masked keys have logit 0, so with
  * m = max(0, max allowed s) and c = exp(-m) a patch row is
@@ -26,7 +29,11 @@ typedef struct {
     void *res, *lse, *dq, *dk, *dv;
     const int32_t *offsets; /* (H, max_slots) signed offsets */
     const int32_t *counts;  /* (H) slots used per head */
+    const int32_t *col_shifts; /* (H, max_slots) column shift per slot, or NULL (no column mask) */
+    const int32_t *anchors;    /* (H, N) anchor of each patch query, or NULL (the query itself) */
+    const int32_t *extra;      /* (B, H, N, R) extra patch keys per query (random keys), -1 = none; or NULL */
     int64_t B, H, T, P, D, max_slots;
+    int64_t W, R; /* grid width for the column mask (0: none); extra keys per query */
     double scale;
     int multiplicative;
     int64_t next_item; /* shared work counter */
@@ -40,6 +47,7 @@ typedef struct {
 } Scratch;
 
 static int scratch_alloc(Scratch *sc, int64_t tokens, size_t real_size) {
+    /* tokens counts every key a row can have: prefix + slots + extra keys (callers pass that bound) */
     sc->keys = malloc((tokens + 1) * sizeof(int64_t));
     sc->scores = malloc((tokens + 1) * real_size);
     sc->grads = malloc((tokens + 1) * real_size);
@@ -54,10 +62,12 @@ static void scratch_free(Scratch *sc) {
 
 static int64_t take_item(Job *job) { return __atomic_fetch_add(&job->next_item, 1, __ATOMIC_RELAXED); }
 
-/* Keys of row t of head h: every key for a prefix row; the prefix keys then the in-range diagonals
- * for a patch row. Returns their count. */
-static inline int64_t row_keys(const Job *job, int64_t h, int64_t t, int64_t *keys) {
-    const int64_t P = job->P, N = job->T - job->P;
+/* Keys of row t of (batch, head) slab `item`: every key for a prefix row; for a patch row the prefix
+ * keys, then the in-range slots (key = anchor + offset, anchor = the query unless anchors are given,
+ * and with a column mask only when anchor column + shift stays in [0, W)), then the extra keys.
+ * Returns their count. */
+static inline int64_t row_keys(const Job *job, int64_t item, int64_t t, int64_t *keys) {
+    const int64_t P = job->P, N = job->T - job->P, h = item % job->H;
     int64_t cnt = 0;
     if (t < P) {
         for (int64_t j = 0; j < job->T; j++) keys[cnt++] = j;
@@ -65,9 +75,25 @@ static inline int64_t row_keys(const Job *job, int64_t h, int64_t t, int64_t *ke
     }
     for (int64_t j = 0; j < P; j++) keys[cnt++] = j;
     const int32_t *offs = job->offsets + h * job->max_slots;
-    for (int32_t s = 0; s < job->counts[h]; s++) {
-        const int64_t key = t - P + offs[s];
-        if (key >= 0 && key < N) keys[cnt++] = P + key;
+    const int64_t n = t - P;
+    const int64_t base = job->anchors ? job->anchors[h * N + n] : n;
+    if (job->W > 0) {
+        const int32_t *shifts = job->col_shifts + h * job->max_slots;
+        const int64_t col = base % job->W;
+        for (int32_t s = 0; s < job->counts[h]; s++) {
+            const int64_t key = base + offs[s], c = col + shifts[s];
+            if (key >= 0 && key < N && c >= 0 && c < job->W) keys[cnt++] = P + key;
+        }
+    } else {
+        for (int32_t s = 0; s < job->counts[h]; s++) {
+            const int64_t key = base + offs[s];
+            if (key >= 0 && key < N) keys[cnt++] = P + key;
+        }
+    }
+    if (job->extra) {
+        const int32_t *e = job->extra + (item * N + n) * job->R;
+        for (int64_t r = 0; r < job->R; r++)
+            if (e[r] >= 0) keys[cnt++] = P + e[r];
     }
     return cnt;
 }
@@ -117,17 +143,19 @@ static int run_threads(void *(*worker)(void *), Job *job, int num_threads) {
 
 int fib_forward(int is_double, const void *q, const void *k, const void *v, void *out, void *lse,
                 const int32_t *offsets, const int32_t *counts, int64_t max_slots, int64_t B, int64_t H,
-                int64_t T, int64_t P, int64_t D, double scale, int multiplicative, int num_threads) {
-    Job job = {q, k, v, NULL, NULL, out, lse, NULL, NULL, NULL, offsets, counts,
-               B, H, T, P, D, max_slots, scale, multiplicative, 0, 0};
+                int64_t T, int64_t P, int64_t D, double scale, int multiplicative, int num_threads,
+                const int32_t *col_shifts, int64_t W, const int32_t *anchors, const int32_t *extra, int64_t R) {
+    Job job = {q, k, v, NULL, NULL, out, lse, NULL, NULL, NULL, offsets, counts, col_shifts, anchors, extra,
+               B, H, T, P, D, max_slots, W, R, scale, multiplicative, 0, 0};
     return run_threads(is_double ? forward_worker_f64 : forward_worker_f32, &job, num_threads);
 }
 
 int fib_backward(int is_double, const void *q, const void *k, const void *v, const void *out,
                  const void *dout, const void *lse, void *dq, void *dk, void *dv, const int32_t *offsets,
                  const int32_t *counts, int64_t max_slots, int64_t B, int64_t H, int64_t T, int64_t P,
-                 int64_t D, double scale, int multiplicative, int num_threads) {
-    Job job = {q, k, v, out, dout, NULL, (void *)lse, dq, dk, dv, offsets, counts,
-               B, H, T, P, D, max_slots, scale, multiplicative, 0, 0};
+                 int64_t D, double scale, int multiplicative, int num_threads,
+                 const int32_t *col_shifts, int64_t W, const int32_t *anchors, const int32_t *extra, int64_t R) {
+    Job job = {q, k, v, out, dout, NULL, (void *)lse, dq, dk, dv, offsets, counts, col_shifts, anchors, extra,
+               B, H, T, P, D, max_slots, W, R, scale, multiplicative, 0, 0};
     return run_threads(is_double ? backward_worker_f64 : backward_worker_f32, &job, num_threads);
 }

@@ -64,7 +64,7 @@ static inline REAL FN(row_scores)(const REAL *restrict qt, const REAL *restrict 
 
 static inline __attribute__((always_inline)) void FN(forward_slab)(const Job *job, const int64_t item,
                                                                   Scratch *sc, const int64_t D) {
-    const int64_t T = job->T, P = job->P, h = item % job->H;
+    const int64_t T = job->T, P = job->P;
     const REAL scale = (REAL)job->scale;
     const REAL *restrict q = (const REAL *)job->q + item * T * D;
     const REAL *restrict k = (const REAL *)job->k + item * T * D;
@@ -78,7 +78,7 @@ static inline __attribute__((always_inline)) void FN(forward_slab)(const Job *jo
         for (int64_t j = 0; j < T; j++) FN(axpy)(vsum, 1, v + j * D, D);
     }
     for (int64_t t = 0; t < T; t++) {
-        const int64_t cnt = row_keys(job, h, t, sc->keys);
+        const int64_t cnt = row_keys(job, item, t, sc->keys);
         const int masked = job->multiplicative && t >= P;
         const REAL m = FN(row_scores)(q + t * D, k, sc->keys, cnt, scale, masked ? 0 : -INFINITY, s, D);
         const REAL c = masked ? EXP(-m) : 0; /* weight of each masked key */
@@ -103,7 +103,7 @@ static inline __attribute__((always_inline)) void FN(forward_slab)(const Job *jo
 
 static inline __attribute__((always_inline)) void FN(backward_slab)(const Job *job, const int64_t item,
                                                                    Scratch *sc, const int64_t D) {
-    const int64_t T = job->T, P = job->P, h = item % job->H, base = item * T * D;
+    const int64_t T = job->T, P = job->P, base = item * T * D;
     const REAL scale = (REAL)job->scale;
     const REAL *restrict q = (const REAL *)job->q + base, *restrict k = (const REAL *)job->k + base;
     const REAL *restrict v = (const REAL *)job->v + base, *restrict out = (const REAL *)job->out + base;
@@ -118,7 +118,7 @@ static inline __attribute__((always_inline)) void FN(backward_slab)(const Job *j
     memset(gsum, 0, sizeof gsum);
     for (int64_t t = 0; t < T; t++) {
         const REAL *restrict qt = q + t * D, *restrict dot = dout + t * D;
-        const int64_t cnt = row_keys(job, h, t, sc->keys);
+        const int64_t cnt = row_keys(job, item, t, sc->keys);
         const int64_t *keys = sc->keys;
         const REAL delta = FN(dot)(dot, out + t * D, D);
         /* probability of each masked key: it gets c * dO through V and nothing through Q and K */
@@ -142,7 +142,7 @@ static inline __attribute__((always_inline)) void FN(backward_slab)(const Job *j
 static void *FN(forward_worker)(void *arg) {
     Job *job = (Job *)arg;
     Scratch sc;
-    if (scratch_alloc(&sc, job->T, sizeof(REAL)) != 0) {
+    if (scratch_alloc(&sc, job->T + job->max_slots + job->R, sizeof(REAL)) != 0) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
         return NULL;
     }
@@ -155,7 +155,7 @@ static void *FN(forward_worker)(void *arg) {
 static void *FN(backward_worker)(void *arg) {
     Job *job = (Job *)arg;
     Scratch sc;
-    if (scratch_alloc(&sc, job->T, sizeof(REAL)) != 0) {
+    if (scratch_alloc(&sc, job->T + job->max_slots + job->R, sizeof(REAL)) != 0) {
         __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
         return NULL;
     }

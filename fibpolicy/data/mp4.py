@@ -1,13 +1,14 @@
-"""Rollout videos as H.264 mp4 through PyAV, written atomically."""
+"""H.264 mp4 files through PyAV (rollout videos, generated video datasets), written atomically."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
 import av
 import numpy as np
+
+from ..atomic import atomic_path
 
 
 def write_mp4(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -> Path:
@@ -18,29 +19,22 @@ def write_mp4(frames: Sequence[np.ndarray], path: str | Path, fps: int = 10) -> 
     if first.dtype != np.uint8 or first.ndim != 3 or first.shape[2] != 3:
         raise ValueError(f"frames must be uint8 (H, W, 3) RGB, got {first.dtype} {first.shape}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
     # yuv420p needs even sizes: pad by repeating the last row / column.
     h, w = first.shape[:2]
     ph, pw = h + h % 2, w + w % 2
-    try:
-        with av.open(str(tmp), mode="w") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
-            for frame in frames:
-                frame = np.asarray(frame)
-                if frame.shape != first.shape:
-                    raise ValueError(f"frame of shape {frame.shape} after frames of shape {first.shape}")
-                if (ph, pw) != (h, w):
-                    frame = np.pad(frame, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_path(path, suffix=".mp4") as tmp, av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+        for frame in frames:
+            frame = np.asarray(frame)
+            if frame.shape != first.shape:
+                raise ValueError(f"frame of shape {frame.shape} after frames of shape {first.shape}")
+            if (ph, pw) != (h, w):
+                frame = np.pad(frame, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        for packet in stream.encode():
+            container.mux(packet)
     return path
 
 

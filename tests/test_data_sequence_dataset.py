@@ -1,11 +1,25 @@
-"""PushT image and low-dim datasets built on small stores in the public layout."""
+"""The generic sequence dataset, driven by the PushT task configs' shape_meta, on small stores in the public layout."""
+
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from fibpolicy.data import PushTImageDataset, PushTLowdimDataset, ReplayBufferError, write_replay_buffer
+from conftest import task_shape_meta
+from fibpolicy.data import ReplayBufferError, SequenceDataset, write_replay_buffer
+
+WINDOW = dict(horizon=16, n_obs_steps=2, n_action_steps=8)
+IMAGE_META = task_shape_meta("pusht_image")
+LOWDIM_META = task_shape_meta("pusht_lowdim")
+
+
+def PushTImageDataset(path, **kwargs):
+    return SequenceDataset(path, IMAGE_META, **{**WINDOW, **kwargs})
+
+
+def PushTLowdimDataset(path, **kwargs):
+    return SequenceDataset(path, LOWDIM_META, **{**WINDOW, **kwargs})
 
 LENGTHS = [12, 20, 9, 15, 18, 11, 14, 10, 16, 13]
 
@@ -43,7 +57,7 @@ def test_image_sample_shapes_values_and_padding(store):
     torch.testing.assert_close(image, expected)
     torch.testing.assert_close(pos, torch.from_numpy(data["state"][[0, 0], :2]))
     torch.testing.assert_close(action, torch.from_numpy(data["action"][np.clip(np.arange(16) - 1, 0, LENGTHS[0] - 1)]))
-    assert ds.shape_meta["obs"]["image"]["shape"] == [3, 96, 96]
+    assert ds.shape_meta.obs["image"].shape == (3, 96, 96)
 
     full = PushTImageDataset(path, val_ratio=0.0, load_full_obs=True, in_memory=False)
     assert full[0]["obs"]["image"].shape == (16, 3, 96, 96)
@@ -74,7 +88,7 @@ def test_normalizer_is_fitted_on_training_episodes(store):
     out = normalizer["action"].normalize(train_action)
     torch.testing.assert_close(out.min(0).values, -torch.ones(2))
     torch.testing.assert_close(out.max(0).values, torch.ones(2))
-    all_fit = ds.get_normalizer(fit_on="all")
+    all_fit = PushTImageDataset(path, val_ratio=0.2, max_train_episodes=4, seed=3, fit_on="all").get_normalizer()
     torch.testing.assert_close(all_fit["agent_pos"].input_max, torch.from_numpy(data["state"][:, :2].max(0)))
 
 
@@ -83,7 +97,7 @@ def test_lowdim_sample_and_normalizer(store):
     ds = PushTLowdimDataset(path, val_ratio=0.0)
     sample = ds[3]
     assert sample["obs"]["keypoint"].shape == (2, 18) and sample["obs"]["agent_pos"].shape == (2, 2)
-    assert ds.shape_meta["obs"]["keypoint"]["shape"] == [18]
+    assert ds.shape_meta.obs["keypoint"].shape == (18,)
     # window 3 of episode 0 starts at frame 2; keypoints flattened x0, y0, x1, y1, ...
     torch.testing.assert_close(sample["obs"]["keypoint"][0], torch.from_numpy(data["keypoint"][2].reshape(-1)))
     normalizer = ds.get_normalizer()
@@ -102,13 +116,46 @@ def test_bad_stores_are_reported(tmp_path):
     small = [9, 10]
     n = sum(small)
     path, _ = pusht_store(tmp_path / "f.zarr", small, img=np.zeros((n, 96, 96, 3), np.float32))
-    with pytest.raises(ReplayBufferError, match=r"data/img has dtype float32, expected \(n, H, W, 3\) uint8"):
+    with pytest.raises(ReplayBufferError, match=r"f.zarr.*data/img has dtype float32, expected \(n, 96, 96, 3\) uint8"):
         PushTImageDataset(path)
-    path, _ = pusht_store(tmp_path / "s.zarr", small, state=np.zeros((n, 4), np.float32))
-    with pytest.raises(ReplayBufferError, match=r"data/state has shape .*expected \(n, 5\)"):
+    path, _ = pusht_store(tmp_path / "s.zarr", small, keypoint=np.zeros((n, 8, 2), np.float32))
+    with pytest.raises(ReplayBufferError, match=r"s.zarr: 'keypoint': source keypoint gives 16 values .* shape \[18\]"):
         PushTLowdimDataset(path)
+    path, _ = pusht_store(tmp_path / "s1.zarr", small, state=np.zeros((n, 1), np.float32))
+    with pytest.raises(ReplayBufferError, match=r"s1.zarr: 'agent_pos': source state\[:2\] gives 1 values"):
+        PushTLowdimDataset(path)
+    no_keypoints = write_replay_buffer(tmp_path / "nokp.zarr", {"state": np.zeros((n, 5), np.float32),
+                                       "action": np.zeros((n, 2), np.float32)}, np.cumsum(small))
+    with pytest.raises(ReplayBufferError, match=r"nokp.zarr: missing key 'data/keypoint'"):
+        PushTLowdimDataset(no_keypoints)
+    with pytest.raises(FileNotFoundError, match="missing.zarr does not exist"):
+        PushTLowdimDataset(tmp_path / "missing.zarr")
     with pytest.raises(ValueError, match="n_action_steps"):
         PushTLowdimDataset(pusht_store(tmp_path / "ok.zarr", small)[0], horizon=8, n_obs_steps=2, n_action_steps=8)
+
+
+def test_per_dimension_action_groups_and_a_sliced_source(tmp_path):
+    lengths = [10, 12]
+    n = sum(lengths)
+    rng = np.random.default_rng(0)
+    action = np.concatenate([rng.uniform(-3, 5, (n, 3)), rng.normal(size=(n, 6)), rng.uniform(0, 1, (n, 1))], 1)
+    path = write_replay_buffer(tmp_path / "abs.zarr", {"pose": rng.normal(size=(n, 7)).astype(np.float32),
+                                                        "action": action.astype(np.float32)}, np.cumsum(lengths))
+    meta = {"obs": {"eef_pos": {"shape": [3], "source": "pose[:3]"}, "eef_quat": {"shape": [4], "source": "pose[3:]", "norm": "identity"}},
+            "action": {"shape": [10], "norm": [{"dims": 3, "mode": "limits"}, {"dims": 6, "mode": "identity"}, {"dims": 1, "mode": "limits"}]}}
+    ds = SequenceDataset(path, meta, horizon=8, n_obs_steps=2, n_action_steps=4, val_ratio=0.0)
+    norm = ds.get_normalizer()
+    out = norm["action"].normalize(torch.from_numpy(action.astype(np.float32)))
+    torch.testing.assert_close(out[:, 3:9], torch.from_numpy(action[:, 3:9].astype(np.float32)))  # rot6d untouched
+    for dims in (slice(0, 3), slice(9, 10)):
+        torch.testing.assert_close(out[:, dims].min(0).values, -torch.ones(dims.stop - dims.start))
+        torch.testing.assert_close(out[:, dims].max(0).values, torch.ones(dims.stop - dims.start))
+    sample = ds[1]
+    pose = ds.replay_buffer["pose"]
+    torch.testing.assert_close(sample["obs"]["eef_quat"][1], torch.from_numpy(pose[1, 3:]))
+    torch.testing.assert_close(sample["obs"]["eef_pos"][1], torch.from_numpy(pose[1, :3]))
+    with pytest.raises(ValueError, match="groups cover 9 dimensions, the shape has 10"):
+        SequenceDataset(path, {**meta, "action": {"shape": [10], "norm": [{"dims": 3, "mode": "limits"}, {"dims": 6, "mode": "identity"}]}}, horizon=8, n_obs_steps=2, n_action_steps=4)
 
 
 def test_lazy_zip_store_in_dataloader_workers_matches_in_memory(tmp_path):

@@ -3,7 +3,9 @@
 Modes (as in the reference): ``"limits"`` maps the per-dimension min / max of the data to [-1, 1]
 (dimensions whose range is below ``range_eps`` get scale 1 and are centred on 0 instead of dividing by ~0);
 ``"gaussian"`` gives zero mean, unit std; ``"image"`` maps [0, 1] to [-1, 1]; ``"identity"`` leaves values
-alone (quaternions, rotation-6d). The normaliser is an ``nn.Module`` whose buffers hold everything, so it
+alone (quaternions, rotation-6d). A key's mode may also be a list of ``(dims, mode)`` groups over
+consecutive feature dimensions, e.g. robomimic's absolute action ``[(3, "limits"), (6, "identity"),
+(1, "limits")]``. The normaliser is an ``nn.Module`` whose buffers hold everything, so it
 travels in the policy's ``state_dict`` (safetensors-friendly) and a fresh, empty ``LinearNormalizer``
 rebuilds its keys from a state dict.
 """
@@ -17,9 +19,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..shape_meta import NORM_MODES
+
 __all__ = ["LinearNormalizer", "NORMALIZER_MODES", "SingleFieldNormalizer"]
 
-NORMALIZER_MODES = ("limits", "gaussian", "image", "identity")
+NORMALIZER_MODES = NORM_MODES
 _STATS = ("scale", "offset", "input_min", "input_max", "input_mean", "input_std")
 
 
@@ -90,7 +94,7 @@ class LinearNormalizer(nn.Module):
     def fit(
         self,
         data: Mapping[str, Any],
-        mode: str | Mapping[str, str] = "limits",
+        mode: Any = "limits",
         *,
         output_min: float = -1.0,
         output_max: float = 1.0,
@@ -98,12 +102,32 @@ class LinearNormalizer(nn.Module):
     ) -> "LinearNormalizer":
         """Fit one field per key of ``data`` (arrays whose last axis is the feature axis).
 
-        ``mode`` is one mode for all keys or a dict by key (missing keys: ``"limits"``).
+        ``mode`` is one mode for all keys or a dict by key (missing keys: ``"limits"``); a key's mode may
+        be a list of ``(dims, mode)`` groups that together cover its last axis.
         """
         for key, value in data.items():
-            key_mode = mode if isinstance(mode, str) else mode.get(key, "limits")
-            self.fields[key] = self._fit_field(key, value, key_mode, output_min, output_max, range_eps)
+            key_mode = mode if isinstance(mode, (str, list, tuple)) else mode.get(key, "limits")
+            if isinstance(key_mode, (list, tuple)):
+                self.fields[key] = self._fit_groups(key, value, key_mode, output_min, output_max, range_eps)
+            else:
+                self.fields[key] = self._fit_field(key, value, key_mode, output_min, output_max, range_eps)
         return self
+
+    @classmethod
+    def _fit_groups(cls, key: str, data: Any, groups: Any, output_min: float, output_max: float, range_eps: float) -> SingleFieldNormalizer:
+        x = _as_2d(data, key)
+        sizes = [int(dims) for dims, _ in groups]
+        if sum(sizes) != x.shape[1]:
+            raise ValueError(f"normalizer key {key!r}: groups cover {sum(sizes)} dimensions, the data has {x.shape[1]}")
+        parts = [
+            cls._fit_field(f"{key}[{i}]", chunk, mode, output_min, output_max, range_eps)
+            for i, (chunk, (_, mode)) in enumerate(zip(torch.split(x, sizes, dim=1), groups))
+        ]
+        for (dims, mode), part in zip(groups, parts):
+            if mode == "image" and dims != 1:
+                raise ValueError(f"normalizer key {key!r}: an 'image' group must be 1 dimension wide, got {dims}")
+        stats = {name: torch.cat([getattr(p, name) for p in parts]) for name in _STATS[2:]}
+        return SingleFieldNormalizer(torch.cat([p.scale for p in parts]), torch.cat([p.offset for p in parts]), stats)
 
     @staticmethod
     def _fit_field(key: str, data: Any, mode: str, output_min: float, output_max: float, range_eps: float) -> SingleFieldNormalizer:
@@ -141,9 +165,6 @@ class LinearNormalizer(nn.Module):
     def set_identity(self, key: str, dim: int) -> None:
         """``key`` (last dimension ``dim``) is passed through unchanged."""
         self.fields[key] = SingleFieldNormalizer(torch.ones(dim), torch.zeros(dim))
-
-    def set_field(self, key: str, field: SingleFieldNormalizer) -> None:
-        self.fields[key] = field
 
     # ----------------------------------------------------------------- access
     def keys(self) -> list[str]:

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from fibpolicy.data import LinearNormalizer
+from fibpolicy.policy import LinearNormalizer
 
 
 def fitted():

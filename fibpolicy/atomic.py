@@ -1,0 +1,94 @@
+"""The one way fibpolicy writes a file or directory: build it under a temporary name, then rename it.
+
+A reader (or a resumed run) therefore sees either the old complete object or the new complete one,
+never a half-written one, whatever moment a process is killed at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "write_json", "write_text"]
+
+
+def _fsync_tree(path: Path) -> None:
+    # Data must be on disk before the rename that publishes it, or a power cut can publish an empty file.
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for file in files:
+        with open(file, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some file systems do not open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = True, suffix: str = "") -> Iterator[Path]:
+    """Yield a fresh temporary sibling of ``path``; when the block succeeds, move it onto ``path``.
+
+    The caller creates a file or a directory at the yielded path. On an exception it is deleted and
+    ``path`` is untouched. An existing ``path`` is replaced only with ``overwrite`` (else
+    ``FileExistsError``, naming it); an existing directory is first renamed aside, so a crash between
+    the two renames leaves the old copy under ``.<name>.old-*`` rather than nothing. ``suffix`` is
+    appended to the temporary name (for writers that pick a format from the extension, e.g. ``.mp4``).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; not overwriting it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = path.parent / f".{path.name}.tmp-{tag}{suffix}"
+    try:
+        yield tmp
+        if not (tmp.exists() or tmp.is_symlink()):
+            raise FileNotFoundError(f"nothing was written to the temporary {tmp} for {path}")
+        _fsync_tree(tmp)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} appeared while it was being written; not overwriting it")
+        if path.is_dir() and not path.is_symlink():
+            old = path.parent / f".{path.name}.old-{tag}"
+            path.rename(old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 1) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically; returns the path."""
+    return write_text(path, json.dumps(obj, indent=indent))

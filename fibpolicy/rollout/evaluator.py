@@ -1,0 +1,108 @@
+"""The rollout evaluator a policy task config declares: env factory + env-to-store key mapping + protocol.
+
+The evaluator turns env observations into policy inputs through the task's ``shape_meta``, the same
+declaration the dataset reads the store with, plus ``obs_map``: for each store key the shape_meta reads,
+where it comes from in the env observation (a key of a dict observation, or ``obs`` for an array one,
+optionally sliced along the flattened feature axis). For PushT from images::
+
+    obs_map: {img: pixels, state: agent_pos}          # shape_meta's agent_pos reads state[:2]
+
+and from keypoints (the env gives one 40-d vector)::
+
+    obs_map: {keypoint: "obs[:18]", state: "obs[18:20]"}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..atomic import write_json
+from ..shape_meta import ShapeMeta, Source
+from .runner import RolloutRunner, protocol_episodes
+
+__all__ = ["RolloutEvaluator", "map_env_obs"]
+
+
+def map_env_obs(obs: Any, obs_map: Mapping[str, Source]) -> dict[str, np.ndarray]:
+    """A batch of env observations (dict or array, leading env axis) -> arrays by store key."""
+    out = {}
+    for store_key, source in obs_map.items():
+        if isinstance(obs, Mapping):
+            if source.key not in obs:
+                raise KeyError(f"obs_map {store_key}: {source}: the env observation has no key {source.key!r} "
+                               f"(it has {sorted(obs)})")
+            value = obs[source.key]
+        elif source.key == "obs":
+            value = obs
+        else:
+            raise KeyError(f"obs_map {store_key}: {source}: the env observation is an array; name it 'obs'")
+        out[store_key] = source.take(value, lead=1) if source.sliced else np.asarray(value)
+    return out
+
+
+class RolloutEvaluator:
+    """The reference protocol as a trainer evaluator: ``evaluator(policy, epoch, run_dir) -> metrics``.
+
+    ``env``: a zero-argument env factory (a config gives a ``_partial_`` of the env class). Train
+    episodes reset from seeds ``train_seed_start, ...``, test episodes from ``test_seed_start, ...``; an
+    episode's score is its maximum reward and it succeeds when ``info["is_success"]`` is ever true.
+    Sampling noise is seeded with ``seed`` at the start of every run, so re-scoring a checkpoint with
+    ``eval.py`` reproduces the score the training run logged for it (the trainer evaluates under a
+    forked RNG, so this does not touch the training stream).
+    """
+
+    def __init__(
+        self,
+        env: Callable[[], gym.Env],
+        shape_meta: Mapping[str, Any] | ShapeMeta,
+        obs_map: Mapping[str, str],
+        n_train: int = 6,
+        n_test: int = 50,
+        train_seed_start: int = 0,
+        test_seed_start: int = 100000,
+        n_envs: int = 8,
+        max_steps: int = 300,
+        n_train_videos: int = 1,
+        n_test_videos: int = 2,
+        fps: int = 10,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        if not callable(env):
+            raise TypeError(f"env must be a zero-argument env factory, got {type(env).__name__}")
+        self.env_fn = env
+        self.shape_meta = ShapeMeta(shape_meta)
+        self.obs_map = {str(k): Source.parse(v, where=f"obs_map {k}") for k, v in obs_map.items()}
+        missing = [k for k in self.shape_meta.obs_store_keys() if k not in self.obs_map]
+        if missing:
+            raise ValueError(f"obs_map has no entry for store keys {missing} that shape_meta reads "
+                             f"(it maps {sorted(self.obs_map)})")
+        self.episodes = protocol_episodes(
+            n_train, n_test, train_seed_start=train_seed_start, test_seed_start=test_seed_start,
+            n_train_videos=n_train_videos, n_test_videos=n_test_videos,
+        )
+        self.runner_kwargs = dict(n_envs=n_envs, max_steps=max_steps, fps=fps, progress=progress)
+        self.seed = int(seed)
+
+    def policy_obs(self, obs: Any) -> dict[str, np.ndarray]:
+        """A batch of env observations -> the policy's observations (B, ...), as a dataset sample gives them."""
+        return self.shape_meta.extract_obs(map_env_obs(obs, self.obs_map), lead=1)
+
+    def run(self, policy: Any, video_dir: Path | None, tag: str = "") -> dict[str, Any]:
+        """Roll out ``policy`` on every protocol episode; returns metrics and per-episode results."""
+        runner = RolloutRunner(self.env_fn, self.episodes, obs_transform=self.policy_obs, video_dir=video_dir, **self.runner_kwargs)
+        torch.manual_seed(self.seed)
+        return runner.run(policy, tag=tag).to_dict()
+
+    def __call__(self, policy: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any]:
+        """Trainer hook: evaluate, keep the per-episode record, return the scalar metrics."""
+        result = self.run(policy, Path(run_dir) / "videos", tag=f"epoch{epoch:04d}_")
+        write_json(Path(run_dir) / "eval" / f"epoch{epoch:04d}.json", result)
+        return {k: v for k, v in result.items() if k != "episodes"}

@@ -1,0 +1,69 @@
+"""Dependencies point down DESIGN.md's layout: a module never imports one above it (checked on the source)."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Package -> packages it must not import (directly or through a lazy import inside a function).
+FORBIDDEN = {
+    "fibpolicy.attention": ("fibpolicy.encoders", "fibpolicy.policy", "fibpolicy.data", "fibpolicy.training",
+                            "fibpolicy.rollout", "fibpolicy.checkpoint", "fibpolicy.evaluation", "envs"),
+    "fibpolicy.encoders": ("fibpolicy.policy", "fibpolicy.data", "fibpolicy.training", "fibpolicy.rollout",
+                           "fibpolicy.checkpoint", "fibpolicy.evaluation", "envs"),
+    "fibpolicy.policy": ("fibpolicy.data", "fibpolicy.training", "fibpolicy.rollout", "fibpolicy.evaluation", "envs"),
+    "fibpolicy.data": ("fibpolicy.training", "fibpolicy.rollout", "fibpolicy.evaluation", "envs"),
+    "fibpolicy.training": ("fibpolicy.rollout", "fibpolicy.evaluation", "envs"),
+    "fibpolicy.rollout": ("fibpolicy.training", "fibpolicy.evaluation", "envs"),
+    "fibpolicy.shape_meta": ("fibpolicy.",),
+    "fibpolicy.atomic": ("fibpolicy.",),
+    "fibpolicy.device": ("fibpolicy.",),
+    "envs": ("fibpolicy",),
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            found.add(name)
+            found.update(f"{name}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _violations() -> list[str]:
+    bad = []
+    for path in sorted([*(ROOT / "fibpolicy").rglob("*.py"), *(ROOT / "envs").rglob("*.py")]):
+        module = _module_name(path)
+        for owner, forbidden in FORBIDDEN.items():
+            if module == owner or module.startswith(owner + "."):
+                for name in _imports(path):
+                    if any(name == f or name.startswith(f if f.endswith(".") else f + ".") for f in forbidden):
+                        bad.append(f"{module} imports {name}")
+    return sorted(set(bad))
+
+
+def test_no_module_imports_one_above_it():
+    assert _violations() == []
+
+
+def test_the_check_sees_relative_imports(tmp_path):
+    probe = ROOT / "fibpolicy" / "policy" / "_layering_probe.py"
+    probe.write_text("from ..data import SequenceDataset\n")
+    try:
+        assert "fibpolicy.policy._layering_probe imports fibpolicy.data" in _violations()
+    finally:
+        probe.unlink()

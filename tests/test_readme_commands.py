@@ -1,0 +1,250 @@
+"""Every command the README shows, run as written on empty data and run directories, shrunk only in sizes.
+
+The README is parsed: a command added there without a case here fails ``test_every_readme_command_is_tested``.
+Shrinking sets keys (episodes, steps, sizes, evaluation episodes); a key the command already sets is
+replaced, never added twice. ``runs/<run>`` and ``/path/...zarr`` placeholders become a real run directory
+and a store in the public layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import compose
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+NOT_RUN_HERE = ("python3 -m venv", "pip ", "pytest")  # install and test: what CI itself runs
+
+QUIET = ["training.trainer.progress=false", "task.evaluator.progress=false", "+task.prepare.progress=false"]
+TRAIN = ["training.trainer.num_epochs=1", "training.trainer.max_steps=2", "training.trainer.batch_size=2",
+         "training.trainer.num_workers=0", "training.trainer.log_every_steps=1"]
+EVAL = ["task.evaluator.n_train=1", "task.evaluator.n_test=1", "task.evaluator.n_envs=2", "task.evaluator.max_steps=8"]
+UNET = ["policy.down_dims=[16,32,64]", "policy.diffusion_step_embed_dim=16", "policy.num_inference_steps=2"]
+DEMOS = ["task.prepare.source.episodes=2"]
+ONE_BLOCK = ["+encoder.depth=1"]
+POLICY_RUN = DEMOS + UNET + TRAIN + EVAL + QUIET
+SMOKE = ONE_BLOCK + ["training.trainer.progress=false", "task.evaluator.progress=false", "+task.prepare.progress=false"]
+
+# README command -> the overrides that shrink it.
+CASES: dict[str, list[str]] = {
+    "python prepare.py": DEMOS + ["+task.prepare.progress=false"],
+    "python train.py": POLICY_RUN + ONE_BLOCK,
+    "python train.py training=smoke": SMOKE,
+    "python train.py task=pusht_lowdim": POLICY_RUN,
+    "python train.py encoder=vit_fib_tiny": POLICY_RUN + ONE_BLOCK,
+    "python train.py encoder=vit_dense_base": POLICY_RUN + ONE_BLOCK,
+    "python train.py encoder=resnet18_gn": POLICY_RUN,
+    "python train.py task.dataset.zarr_path=/path/pusht_cchi_v7_replay.zarr": POLICY_RUN + ONE_BLOCK,
+    "python train.py resume=true run_dir=runs/<run>": POLICY_RUN + ONE_BLOCK + ["training.trainer.max_steps=4"],
+    "torchrun --nproc_per_node=2 train.py training=smoke": SMOKE + ["training.trainer.max_steps=2"],
+    "python eval.py checkpoint=runs/<run>": ["n_train=1", "n_test=1", "n_envs=2"],
+    "python eval.py checkpoint=runs/<run> n_test=10 inference_steps=16 scheduler=ddim": ["n_train=0", "n_test=1", "n_envs=1", "inference_steps=2"],
+    "python train.py task=pusht_lowdim 'policy.down_dims=[64,128,256]' policy.inference_scheduler=ddim policy.num_inference_steps=16 "
+    "training.trainer.batch_size=256 training.trainer.num_epochs=60 training.trainer.lr_warmup_steps=200 training.trainer.optimizer.lr=3e-4 "
+    "training.trainer.eval_every_epochs=20 training.trainer.num_workers=0 training.trainer.precision=fp32": POLICY_RUN,
+}
+
+
+def readme_commands() -> list[str]:
+    """Shell commands in the README's bash blocks and in backticked table cells."""
+    text = README.read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = " ".join(line.split())
+            if line and not line.startswith("#"):
+                commands.append(line)
+    for row in text.splitlines():
+        if row.startswith("|"):
+            commands += re.findall(r"`((?:python|torchrun) [^`]+)`", row)
+    return [c for c in dict.fromkeys(commands) if not c.startswith(NOT_RUN_HERE)]
+
+
+def shrink(command: str, overrides: list[str]) -> list[str]:
+    """The command's words, each override replacing the command's own value for its key, or appended."""
+    words = shlex.split(command)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+")
+        same = [i for i, w in enumerate(words) if w.split("=", 1)[0].lstrip("+") == key]
+        if same:
+            words[same[0]] = override
+        else:
+            words.append(override)
+    return words
+
+
+def run(command: str, env: dict, substitutions: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a README command, shrunk by its case, with placeholders replaced."""
+    words = shrink(command, CASES[command])
+    for placeholder, value in (substitutions or {}).items():
+        words = [w.replace(placeholder, value) for w in words]
+    if words[0] == "python":
+        words[0] = sys.executable
+    elif words[0] == "torchrun":
+        words = [sys.executable, "-m", "torch.distributed.run", *words[1:]]
+    res = subprocess.run(words, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    assert res.returncode == 0, f"{' '.join(words)}\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}"
+    return res
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("readme")
+    env = dict(os.environ, FIBPOLICY_DATA_DIR=str(base / "data"), FIBPOLICY_RUNS_DIR=str(base / "runs"),
+               OMP_NUM_THREADS="1")
+    return base, env
+
+
+def _runs(base: Path) -> set[Path]:
+    return {p for p in (base / "runs").iterdir() if (p / "config.yaml").is_file()} if (base / "runs").exists() else set()
+
+
+def _train(command: str, dirs, substitutions=None) -> tuple[Path, subprocess.CompletedProcess]:
+    base, env = dirs
+    before = _runs(base)
+    res = run(command, env, substitutions)
+    new = _runs(base) - before
+    assert "[fibpolicy] done" in res.stdout
+    run_dir = new.pop() if new else Path(substitutions["runs/<run>"])
+    assert (run_dir / "checkpoints" / "latest" / "model.safetensors").is_file()
+    return run_dir, res
+
+
+def _train_losses(run_dir: Path) -> list[int]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "train/loss" in r]
+
+
+def test_every_readme_command_is_tested():
+    commands = readme_commands()
+    assert not set(commands) - set(CASES), f"README commands without a test: {sorted(set(commands) - set(CASES))}"
+    assert not set(CASES) - set(commands), f"tested commands no longer in the README: {sorted(set(CASES) - set(commands))}"
+
+
+def test_the_default_config_builds_the_full_default_model():
+    cfg = compose("train", [])
+    assert cfg.task.name == "pusht_image" and cfg.encoder.model_name == "vit_fib_base_patch16_224"
+    assert cfg.task.prepare.source.workers is None  # the machine's cores
+    from hydra.utils import instantiate
+
+    with torch.device("meta"):
+        policy = instantiate(cfg.policy, _convert_="all")
+    vit = policy.obs_encoder.encoder_for("image").vit
+    assert vit.embed_dim == 768 and len(vit.blocks) == 12 and vit.patch_embed.patch_size == (8, 8)
+    assert vit.patch_embed.img_size == (84, 84) and policy.obs_encoder.crop_shapes["image"] == (84, 84)
+    assert type(vit.blocks[0].attn).__name__ == "FibottentionAttention"
+    assert policy.global_cond_dim == (768 + 2) * 2
+    unet = sum(p.numel() for p in policy.model.parameters())
+    assert [m.out_channels for m in policy.model.modules() if isinstance(m, torch.nn.Conv1d)][0] == 512
+    assert unet > 250_000_000
+
+
+def test_prepare(dirs):
+    base, env = dirs
+    run("python prepare.py", env)
+    from fibpolicy.data import ReplayBuffer
+
+    assert ReplayBuffer.open(base / "data" / "pusht_expert_200.zarr").n_episodes == 2
+
+
+@pytest.fixture(scope="module")
+def default_run(dirs):
+    return _train("python train.py", dirs)
+
+
+def test_main_command_records_demos_once_and_trains(dirs, default_run):
+    base, _ = dirs
+    run_dir, res = default_run
+    assert "not found: recording" not in res.stderr  # prepare.py already recorded the store: reused
+    assert _train_losses(run_dir) == [1, 2]
+    assert (run_dir / "eval" / "epoch0000.json").is_file() and (run_dir / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("command", ["python train.py training=smoke", "python train.py task=pusht_lowdim",
+                                     "python train.py encoder=vit_fib_tiny", "python train.py encoder=vit_dense_base",
+                                     "python train.py encoder=resnet18_gn", [c for c in CASES if "lr_warmup_steps" in c][0]])
+def test_training_variants(dirs, command):
+    run_dir, _ = _train(command, dirs)
+    record = json.loads((run_dir / "eval" / "epoch0000.json").read_text())
+    assert record["test/n_episodes"] >= 1
+    cfg = json.dumps(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")))
+    for word in shlex.split(command)[2:]:  # the command's own settings reached the run (unless shrunk)
+        key, value = word.split("=", 1)
+        if not any(o.split("=", 1)[0].lstrip("+") == key for o in CASES[command]) and not key.startswith(("encoder", "task", "training")):
+            assert value.strip("[]").split(",")[0] in cfg
+
+
+def test_public_dataset_path_is_used_as_it_is(dirs, tmp_path):
+    from fibpolicy.data import write_replay_buffer
+
+    rng = np.random.default_rng(0)
+    lengths = [30, 26, 34]
+    n = sum(lengths)
+    store = write_replay_buffer(tmp_path / "pusht_cchi_v7_replay.zarr", {
+        "img": rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8), "state": rng.uniform(60, 450, (n, 5)).astype(np.float32),
+        "action": rng.uniform(60, 450, (n, 2)).astype(np.float32), "keypoint": rng.uniform(60, 450, (n, 9, 2)).astype(np.float32),
+        "n_contacts": np.zeros((n, 1), np.float32)}, np.cumsum(lengths))
+    command = "python train.py task.dataset.zarr_path=/path/pusht_cchi_v7_replay.zarr"
+    run_dir, res = _train(command, dirs, {"/path/pusht_cchi_v7_replay.zarr": str(store)})
+    assert "recording" not in res.stderr
+    assert OmegaConf.load(run_dir / "config.yaml").task.dataset.zarr_path == str(store)
+
+
+def test_eval_reproduces_the_training_time_score(dirs, default_run):
+    base, env = dirs
+    run_dir, _ = default_run
+    logged = json.loads((run_dir / "eval" / "epoch0000.json").read_text())
+    command = "python eval.py checkpoint=runs/<run>"
+    res = run(command, env, {"runs/<run>": str(run_dir)})
+    out = Path(re.search(r"-> (\S+)/eval\.json", res.stdout).group(1))
+    record = json.loads((out / "eval.json").read_text())
+    assert record["n_episodes"] == 1 and [e["seed"] for e in record["episodes"]] == [0, 100000]
+    assert record["mean_score"] == logged["test/mean_score"] and record["train/mean_score"] == logged["train/mean_score"]
+
+    command = "python eval.py checkpoint=runs/<run> n_test=10 inference_steps=16 scheduler=ddim"
+    res = run(command, env, {"runs/<run>": str(run_dir)})
+    out = Path(re.search(r"-> (\S+)/eval\.json", res.stdout).group(1))
+    record = json.loads((out / "eval.json").read_text())
+    assert record["inference"] == {"scheduler": "ddim", "steps": 2} and record["n_episodes"] == 1
+
+
+def test_resume_continues_the_run(dirs, default_run):
+    run_dir, _ = default_run
+    _train("python train.py resume=true run_dir=runs/<run>", dirs, {"runs/<run>": str(run_dir)})
+    assert _train_losses(run_dir) == [1, 2, 3, 4]
+
+
+def test_torchrun(dirs):
+    run_dir, res = _train("torchrun --nproc_per_node=2 train.py training=smoke", dirs)
+    assert _train_losses(run_dir) == [1, 2]
+
+
+def test_readme_python_snippets_run():
+    """The README's Python blocks run as written (the one that needs a trained run gets one from a fixture elsewhere)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    runnable = [b for b in blocks if "runs/<run>" not in b]
+    assert runnable, "the README has no self-contained Python example"
+    for block in runnable:
+        exec(compile(block, "README.md", "exec"), {})
+
+
+def test_readme_policy_snippet_runs_on_a_trained_run(default_run):
+    run_dir, _ = default_run
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if "runs/<run>" in b]
+    obs = {"image": torch.rand(1, 2, 3, 96, 96), "agent_pos": torch.rand(1, 2, 2) * 512}
+    step = {"image": torch.rand(1, 3, 96, 96), "agent_pos": torch.rand(1, 2) * 512}
+    scope = {"obs": obs, "step": step}
+    exec(compile(block.replace("runs/<run>", str(run_dir)), "README.md", "exec"), scope)
+    assert scope["action"].shape == (1, 8, 2) and scope["a"].shape == (1, 2)

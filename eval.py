@@ -7,9 +7,11 @@ from omegaconf import DictConfig
 @hydra.main(config_path="config", config_name="eval", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Compose the config, run the evaluation."""
+    from fibpolicy.cli import user_errors
     from fibpolicy.evaluation import run_evaluation
 
-    run_evaluation(cfg)
+    with user_errors():
+        run_evaluation(cfg)
 
 
 if __name__ == "__main__":

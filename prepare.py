@@ -11,9 +11,11 @@ from omegaconf import DictConfig
 @hydra.main(config_path="config", config_name="prepare", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Compose the config, run the task's data preparation."""
+    from fibpolicy.cli import user_errors
     from fibpolicy.training.run import prepare_data
 
-    result = prepare_data(cfg)
+    with user_errors():
+        result = prepare_data(cfg)
     print(f"[fibpolicy] {cfg.task.name}: " + (f"data ready at {result}" if result is not None else "the task has no prepare step"))
 
 

@@ -11,9 +11,11 @@ from omegaconf import DictConfig
 @hydra.main(config_path="config", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
     """Compose the config, build the task, run it."""
+    from fibpolicy.cli import user_errors
     from fibpolicy.training.run import run_training
 
-    run_training(cfg)
+    with user_errors():
+        run_training(cfg)
 
 
 if __name__ == "__main__":

@@ -26,16 +26,20 @@ def make_data(n=15, image=8, seed=0):
 
 
 def write_raw(path, data, episode_ends, *, zip_prefix=None):
-    """A format-2 store written directly with zarr, the way the public dataset is laid out."""
+    """A format-2 store written directly with zarr, the way the public dataset is laid out.
+
+    write_empty_chunks: the public stores were written by zarr 2, which stores every chunk.
+    """
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     group = root.create_group("data")
     for key, value in data.items():
         image = value.ndim == 4
         group.create_array(
             key, data=value, chunks=(1, *value.shape[1:]) if image else value.shape,
-            compressor=numcodecs.Blosc(cname="zstd", clevel=5) if image else None,
+            compressor=numcodecs.Blosc(cname="zstd", clevel=5) if image else None, config={"write_empty_chunks": True},
         )
-    root.create_group("meta").create_array("episode_ends", data=np.asarray(episode_ends), compressor=None)
+    root.create_group("meta").create_array("episode_ends", data=np.asarray(episode_ends), compressor=None,
+                                           config={"write_empty_chunks": True})
     return path
 
 

@@ -15,6 +15,7 @@ import zarr
 from envs.pusht import PushTEnv, block_keypoints
 from envs.pusht.demos import DATA_SPEC, expert_episodes, record_episode, replay_states
 from fibpolicy.data import ReplayBuffer, ReplayBufferError, ensure_demos, record_demos
+from fibpolicy.data.integrity import MANIFEST_ATTR
 
 ATTRS = {"generator": "envs.pusht.demos", "env": "fibpolicy/PushT-v0", "legacy": True}
 
@@ -52,7 +53,10 @@ def test_layout_is_the_public_replay_buffer(short_buffer):
         assert arr.shape == shape
         assert arr.dtype == DATA_SPEC[name][1]
     assert root["data/img"].chunks == (1, 96, 96, 3)
-    assert dict(root.attrs) == ATTRS
+    attrs = dict(root.attrs)
+    manifest = attrs.pop(MANIFEST_ATTR)
+    assert attrs == ATTRS
+    assert manifest["arrays"]["data/img"] == {"shape": [n, 96, 96, 3], "dtype": "uint8", "nchunks": n}
     np.testing.assert_array_equal(root["meta/episode_ends"][:], [15, 30])
     assert root["meta/episode_ends"].dtype == np.int64
     np.testing.assert_array_equal(root["meta/episode_seeds"][:], [3, 4])

@@ -49,8 +49,8 @@ CASES: dict[str, list[str]] = {
     "python train.py task.dataset.zarr_path=/path/pusht_cchi_v7_replay.zarr": POLICY_RUN + ONE_BLOCK,
     "python train.py resume=true run_dir=runs/<run>": POLICY_RUN + ONE_BLOCK + ["training.trainer.max_steps=4"],
     "torchrun --nproc_per_node=2 train.py training=smoke": SMOKE + ["training.trainer.max_steps=2"],
-    "python eval.py checkpoint=runs/<run>": ["n_train=1", "n_test=1", "n_envs=2"],
-    "python eval.py checkpoint=runs/<run> n_test=10 inference_steps=16 scheduler=ddim": ["n_train=0", "n_test=1", "n_envs=1", "inference_steps=2"],
+    "python eval.py checkpoint=runs/<run>": ["n_train=1", "n_test=1", "n_envs=2", "max_steps=8"],
+    "python eval.py checkpoint=runs/<run> n_test=10 inference_steps=16 scheduler=ddim": ["n_train=0", "n_test=1", "n_envs=1", "inference_steps=2", "max_steps=8"],
     "python train.py task=pusht_lowdim 'policy.down_dims=[64,128,256]' policy.inference_scheduler=ddim policy.num_inference_steps=16 "
     "training.trainer.batch_size=256 training.trainer.num_epochs=60 training.trainer.lr_warmup_steps=200 training.trainer.optimizer.lr=3e-4 "
     "training.trainer.eval_every_epochs=20 training.trainer.num_workers=0 training.trainer.precision=fp32": POLICY_RUN,
@@ -117,8 +117,14 @@ def _train(command: str, dirs, substitutions=None) -> tuple[Path, subprocess.Com
     res = run(command, env, substitutions)
     new = _runs(base) - before
     assert "[fibpolicy] done" in res.stdout
+    if substitutions and "runs/<run>" in substitutions:
+        assert not new, f"run_dir= was given, yet {new} appeared"  # no stray run directories
     run_dir = new.pop() if new else Path(substitutions["runs/<run>"])
+    assert f"[fibpolicy] run directory: {run_dir}" in res.stdout
     assert (run_dir / "checkpoints" / "latest" / "model.safetensors").is_file()
+    # Hydra writes nothing of its own; the run writes only what it fills.
+    assert not (run_dir / ".hydra").exists() and not list(run_dir.glob("*.log"))
+    assert not list(ROOT.glob("*.log")), "a log file was written into the working directory"
     return run_dir, res
 
 
@@ -211,6 +217,7 @@ def test_eval_reproduces_the_training_time_score(dirs, default_run):
     out = Path(re.search(r"-> (\S+)/eval\.json", res.stdout).group(1))
     record = json.loads((out / "eval.json").read_text())
     assert record["n_episodes"] == 1 and [e["seed"] for e in record["episodes"]] == [0, 100000]
+    assert record["protocol"]["max_steps"] == 8 and record["protocol"]["test_seed_start"] == 100000
     assert record["mean_score"] == logged["test/mean_score"] and record["train/mean_score"] == logged["train/mean_score"]
 
     command = "python eval.py checkpoint=runs/<run> n_test=10 inference_steps=16 scheduler=ddim"

@@ -113,7 +113,7 @@ def test_trainer_rejects_bad_setups(tmp_path):
         Trainer(nn.Linear(2, 2), PairDataset(), run_dir=tmp_path)
     with pytest.raises(ValueError, match="empty"):
         Trainer(NoisyRegressor(), PairDataset(0), run_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         _trainer(tmp_path / "none", _fresh_model()).fit(resume=True)
 
 

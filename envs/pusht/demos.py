@@ -39,6 +39,11 @@ DATA_SPEC = {
 }
 
 
+# Recorded with each store (see fibpolicy.data.recording): bump it when the expert, the env or what an
+# episode records changes, so that a cached store made by the old code is not mistaken for a new one.
+RECIPE_VERSION = 1
+
+
 @dataclass
 class Episode:
     """One recorded expert episode."""

@@ -14,6 +14,7 @@ fibpolicy), and this module writes them with the one ``ReplayBufferWriter``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .replay_buffer import ReplayBufferError, ReplayBufferWriter
 
-__all__ = ["ensure_demos", "record_demos"]
+__all__ = ["demo_recipe", "ensure_demos", "record_demos"]
 
 EpisodeSource = Callable[[], Iterable[Mapping[str, Any]]] | Iterable[Mapping[str, Any]]
 
@@ -89,11 +90,63 @@ def record_demos(
     }
 
 
+RECIPE_ATTR = "fibpolicy_recipe"
+# Keywords of a source that change how fast it records, not what.
+NOT_RECIPE = frozenset({"workers", "progress"})
+
+
+def demo_recipe(source: EpisodeSource, *, keep_failed: bool = False) -> dict[str, Any] | None:
+    """Everything that decides what a recording holds: the source callable, all its settings (defaults
+    filled in), ``keep_failed`` and the source module's ``RECIPE_VERSION``; None for a plain iterable."""
+    func = getattr(source, "func", source)
+    if not callable(func):
+        return None
+    keywords = dict(getattr(source, "keywords", {}) or {})
+    try:
+        bound = inspect.signature(func).bind_partial(*getattr(source, "args", ()), **keywords)
+        bound.apply_defaults()
+        settings = dict(bound.arguments)
+    except (TypeError, ValueError):
+        settings = keywords
+    module = sys.modules.get(getattr(func, "__module__", ""), None)
+    recipe = {
+        "source": f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}",
+        "settings": {k: v for k, v in settings.items() if k not in NOT_RECIPE},
+        "keep_failed": bool(keep_failed),
+        "version": getattr(module, "RECIPE_VERSION", None),
+    }
+    return json.loads(json.dumps(recipe, default=repr))  # what the store's attrs will hold, compared as such
+
+
+def _stored_recipe(path: Path) -> dict[str, Any] | None:
+    import zarr
+
+    try:
+        return dict(zarr.open_group(str(path), mode="r").attrs).get(RECIPE_ATTR)
+    except Exception:  # not a directory store we can read: the dataset's own checks will say why
+        return None
+
+
 def ensure_demos(path: str | os.PathLike, source: EpisodeSource, **kwargs: Any) -> Path:
-    """``path`` if it exists; otherwise record it from ``source`` first (``kwargs`` as for ``record_demos``)."""
+    """``path`` if it exists and was recorded the way ``source`` would record it; otherwise record it first.
+
+    ``kwargs`` as for ``record_demos``. A store this project recorded carries its recipe
+    (:func:`demo_recipe`); one recorded with other settings is refused, naming them, rather than
+    silently reused. A store without a recipe (a public dataset, the user's own) is used as it is.
+    """
     path = Path(path)
+    recipe = demo_recipe(source, keep_failed=bool(kwargs.get("keep_failed", False)))
     if path.exists() and not kwargs.get("overwrite"):
+        stored = _stored_recipe(path)
+        if stored is not None and recipe is not None and stored != recipe:
+            diffs = _recipe_differences(stored, recipe)
+            raise ReplayBufferError(
+                f"{path} was recorded with other settings than this run asks for ({diffs}); delete it, pass "
+                "task.prepare.overwrite=true to record it again, or point the dataset at another path"
+            )
         return path
+    if recipe is not None:
+        kwargs["attrs"] = {**(kwargs.get("attrs") or {}), RECIPE_ATTR: recipe}
     print(f"[fibpolicy] {path} not found: recording demonstrations (cached for later runs)", file=sys.stderr)
     try:
         summary = record_demos(path, source, **kwargs)
@@ -103,3 +156,9 @@ def ensure_demos(path: str | os.PathLike, source: EpisodeSource, **kwargs: Any) 
         raise
     print(f"[fibpolicy] demonstrations ready: {json.dumps(summary)}", file=sys.stderr)
     return path
+
+
+def _recipe_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
+    flat = lambda r: {**{k: v for k, v in r.items() if k != "settings"}, **{f"settings.{k}": v for k, v in r.get("settings", {}).items()}}  # noqa: E731
+    a, b = flat(stored), flat(wanted)
+    return ", ".join(f"{k}: stored {a.get(k)!r}, asked {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, temporary_name
+from .integrity import MANIFEST_ATTR, check_chunks, check_manifest, manifest, read_array
 
 __all__ = [
     "ArraySpec",
@@ -161,8 +161,13 @@ class ReplayBuffer:
         root, store = _open_root(path)
         try:
             arrays, episode_ends = cls._read_layout(root, path, keys, specs or {})
+            # Every chunk must be there (zarr reads a missing one as zeros), and a store we wrote must
+            # still match the manifest recorded when it was complete.
+            check_chunks(root, path, names=[f"{DATA_GROUP}/{k}" for k in arrays] + [EPISODE_ENDS])
+            if MANIFEST_ATTR in root.attrs:
+                check_manifest(root, path, root.attrs[MANIFEST_ATTR])
             if in_memory:
-                arrays = {k: np.asarray(v[...]) for k, v in arrays.items()}
+                arrays = {k: read_array(v, path, f"{DATA_GROUP}/{k}") for k, v in arrays.items()}
             buffer = cls(arrays, episode_ends, source=str(path), specs=specs)
         except BaseException:
             if store is not None:
@@ -192,7 +197,7 @@ class ReplayBuffer:
             if key not in available:
                 raise ReplayBufferError(f"{path}: missing key 'data/{key}'; the store has data/{available}")
         arrays = {key: group[key] for key in wanted}
-        episode_ends = np.asarray(root[EPISODE_ENDS][...])
+        episode_ends = read_array(root[EPISODE_ENDS], path, EPISODE_ENDS)
         return arrays, episode_ends
 
     def _validate(self, specs: Mapping[str, ArraySpec]) -> None:
@@ -377,7 +382,7 @@ class ReplayBufferWriter:
             raise FileExistsError(f"replay buffer {self.path} already exists (pass overwrite=True to replace it)")
         self.overwrite = overwrite
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._build_dir = self.path.parent / f".{self.path.name}.build-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._build_dir = temporary_name(self.path, "build")
         self._root = zarr.open_group(str(self._build_dir), mode="w", zarr_format=2)
         self._data = self._root.create_group(DATA_GROUP)
         self._root.create_group("meta")
@@ -386,6 +391,7 @@ class ReplayBufferWriter:
         self._ends: list[int] = []
         self._episode_meta: dict[str, list[Any]] = {}
         self._specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._arrays: dict[str, Any] = {}
         self._closed = False
 
     @property
@@ -416,9 +422,11 @@ class ReplayBufferWriter:
             for key, arr in arrays.items():
                 step, dtype = tuple(arr.shape[1:]), arr.dtype
                 compressor = self._compressors.get(key, _default_compressor(step, dtype))
-                self._data.create_array(
+                # write_empty_chunks: an all-zero chunk is stored too, so that a missing chunk always
+                # means a damaged store (see fibpolicy.data.integrity).
+                self._arrays[key] = self._data.create_array(
                     key, shape=(0, *step), chunks=(_time_chunk(step, dtype), *step), dtype=dtype,
-                    compressor=compressor, fill_value=0,
+                    compressor=compressor, fill_value=0, config={"write_empty_chunks": True},
                 )
                 self._specs[key] = (step, dtype)
         if set(arrays) != set(self._specs):
@@ -433,7 +441,7 @@ class ReplayBufferWriter:
                     f"expected (T, {', '.join(map(str, step))}) {dtype} like the first episode"
                 )
         for key, arr in arrays.items():
-            self._data[key].append(arr, axis=0)
+            self._arrays[key].append(arr, axis=0)
         for key, value in meta.items():
             self._episode_meta.setdefault(key, []).append(value)
         self._ends.append(self.n_steps + length)
@@ -452,7 +460,7 @@ class ReplayBufferWriter:
             )
             for key, values in self._episode_meta.items():
                 meta.create_array(f"episode_{key}", data=np.asarray(values), chunks=(len(values),), compressor=None)
-            self._root.attrs.update(self._attrs)
+            self._root.attrs.update({**self._attrs, MANIFEST_ATTR: manifest(self._root)})
             with atomic_path(self.path, overwrite=self.overwrite) as tmp:
                 if _is_zip(self.path):
                     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:

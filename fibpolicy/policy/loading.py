@@ -9,7 +9,7 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoint import EMA_FILE, load_config, load_weights, resolve_checkpoint
+from ..checkpoint import has_ema, load_config, load_weights, resolve_checkpoint
 from ..device import default_device
 
 
@@ -31,6 +31,6 @@ def load_policy(
     if "policy" not in cfg:
         raise ValueError(f"{path}/config.yaml has no 'policy' entry: not a policy checkpoint")
     policy = instantiate(OmegaConf.to_container(cfg.policy, resolve=True), _convert_="all")
-    use_ema = (path / EMA_FILE).is_file() if ema is None else ema
+    use_ema = has_ema(path) if ema is None else ema
     load_weights(policy, path, ema=use_ema)
     return policy.to(default_device(device)).eval()

@@ -13,6 +13,9 @@ from ..checkpoint import load_config, resolve_checkpoint
 from ..policy.loading import load_policy
 
 
+PROTOCOL_KEYS = ("n_train", "n_test", "train_seed_start", "test_seed_start", "max_steps")
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
@@ -21,25 +24,41 @@ def evaluate_checkpoint(
     n_test: int | None = None,
     n_train: int | None = None,
     n_envs: int | None = None,
+    max_steps: int | None = None,
     inference_steps: int | None = None,
     scheduler: str | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
-    """Roll out the checkpoint's policy (EMA weights) and write ``output_dir/eval.json``; returns the record.
+    """Roll out the checkpoint's policy (EMA weights) with its task's reference protocol and write
+    ``output_dir/eval.json``; returns the record.
 
+    The protocol is ``task.protocol`` of the checkpoint's config (what the task YAML declares, even when
+    the run itself evaluated on a shrunk one, e.g. ``training=smoke``); the arguments override it.
     ``config``: the checkpoint's config when the caller has already read it.
     """
     path = resolve_checkpoint(checkpoint)
     cfg = load_config(path) if config is None else config
     if cfg.task.get("evaluator") is None:
         raise ValueError(f"{path}/config.yaml: task {cfg.task.get('name')!r} declares no task.evaluator to score it with")
-    policy = load_policy(path, device=device, config=cfg)
+    for name, value in (("n_test", n_test), ("n_train", n_train), ("n_envs", n_envs), ("max_steps", max_steps)):
+        if value is not None and (not isinstance(value, int) or value < (1 if name in ("n_envs", "max_steps") else 0)):
+            raise ValueError(f"eval: {name}={value!r} is not valid (expected an integer >= {1 if name in ('n_envs', 'max_steps') else 0})")
     evaluator_cfg = OmegaConf.to_container(cfg.task.evaluator, resolve=True)
-    for key, value in (("n_test", n_test), ("n_train", n_train), ("n_envs", n_envs)):
+    protocol = OmegaConf.to_container(cfg.task.protocol, resolve=True) if cfg.task.get("protocol") else None
+    if protocol is None:
+        print(f"[fibpolicy] warning: {path}/config.yaml has no task.protocol; evaluating with the run's own evaluator settings")
+    else:
+        evaluator_cfg.update({k: v for k, v in protocol.items() if k in PROTOCOL_KEYS})
+    for key, value in (("n_test", n_test), ("n_train", n_train), ("n_envs", n_envs), ("max_steps", max_steps)):
         if value is not None:
             evaluator_cfg[key] = value
+    policy = load_policy(path, device=device, config=cfg)
     if inference_steps is not None or scheduler is not None:
-        policy.set_inference(scheduler or policy.inference_scheduler_name, inference_steps or policy.num_inference_steps)
+        # ``is None``, not ``or``: inference_steps=0 must be refused, not replaced by the default.
+        policy.set_inference(
+            policy.inference_scheduler_name if scheduler is None else scheduler,
+            policy.num_inference_steps if inference_steps is None else inference_steps,
+        )
     evaluator = instantiate(evaluator_cfg, _convert_="all")
     output_dir = Path(output_dir)
     result = evaluator.run(policy, output_dir / "videos")
@@ -49,6 +68,7 @@ def evaluate_checkpoint(
         "mean_score": result.get("test/mean_score"),
         "success_rate": result.get("test/success_rate"),
         "n_episodes": len(test),
+        "protocol": {**{k: evaluator_cfg.get(k) for k in (*PROTOCOL_KEYS, "n_envs")}, "seed": evaluator.seed},
         "inference": {"scheduler": policy.inference_scheduler_name, "steps": policy.num_inference_steps},
         **result,
     }

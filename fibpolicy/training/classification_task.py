@@ -32,7 +32,7 @@ from timm.data.auto_augment import AugmentOp, posterize as timm_posterize
 from torch.utils.data import Dataset, Subset
 
 from ..atomic import write_json
-from ..checkpoint import EMA_FILE, MODEL_FILE, load_config, load_weights, read_meta, resolve_checkpoint
+from ..checkpoint import MODEL_FILE, has_ema, load_config, load_weights, read_meta, resolve_checkpoint
 from ..device import default_device
 from ..shape_meta import plain
 from ..data.video_datasets import VideoClipTransform
@@ -223,31 +223,30 @@ def train_classifier(cfg: DictConfig) -> dict[str, Any]:
     ``confusion_matrix.png`` (+ ``.csv``) of the final evaluation.
     """
     _check_recipe(cfg)
-    run_dir = start_run(cfg)
-
-    data = build_datasets(cfg)
-    model = build_classifier(cfg, data.classes)
-    if cfg.task.get("image_weights"):
-        if _input_kind(cfg) != "video":
-            raise ValueError("task.image_weights initialises a video ViT from an image ViT; this is an image task")
-        report = load_image_weights(model.backbone, _weights_file(cfg.task.image_weights))
-        print(f"[fibpolicy] video ViT from image weights {cfg.task.image_weights}: "
-              + ", ".join(f"{k}={len(v)}" for k, v in report.items()))
-    trainer_cfg = cfg.training.trainer
-    evaluator = ClassificationEvaluator(
-        data.test, batch_size=int(cfg.training.get("eval_batch_size", trainer_cfg.batch_size)),
-        num_workers=int(trainer_cfg.get("num_workers", 0)), progress=bool(trainer_cfg.get("progress", False)),
-        precision=trainer_cfg.get("precision", "auto"),
-    )
-    trainer = make_trainer(cfg, model=model, train_dataset=data.train, evaluator=evaluator)
-    metrics = fit(trainer, cfg)
-    if trainer.dist.is_main and evaluator.last_predictions is not None:
-        top1 = metrics.get("test/top1", float("nan"))
-        write_confusion_matrix(
-            run_dir / "confusion_matrix.png", evaluator.last_targets, evaluator.last_predictions, data.classes,
-            title=f"{cfg.task.name}, epoch {trainer.epoch}: test top-1 {top1:.2f}%",
+    with start_run(cfg) as run_dir:
+        data = build_datasets(cfg)
+        model = build_classifier(cfg, data.classes)
+        if cfg.task.get("image_weights"):
+            if _input_kind(cfg) != "video":
+                raise ValueError("task.image_weights initialises a video ViT from an image ViT; this is an image task")
+            report = load_image_weights(model.backbone, _weights_file(cfg.task.image_weights))
+            print(f"[fibpolicy] video ViT from image weights {cfg.task.image_weights}: "
+                  + ", ".join(f"{k}={len(v)}" for k, v in report.items()))
+        trainer_cfg = cfg.training.trainer
+        evaluator = ClassificationEvaluator(
+            data.test, batch_size=int(cfg.training.get("eval_batch_size", trainer_cfg.batch_size)),
+            num_workers=int(trainer_cfg.get("num_workers", 0)), progress=bool(trainer_cfg.get("progress", False)),
+            precision=trainer_cfg.get("precision", "auto"),
         )
-    return metrics
+        trainer = make_trainer(cfg, model=model, train_dataset=data.train, evaluator=evaluator)
+        metrics = fit(trainer, cfg)
+        if trainer.dist.is_main and evaluator.last_predictions is not None:
+            top1 = metrics.get("test/top1", float("nan"))
+            write_confusion_matrix(
+                run_dir / "confusion_matrix.png", evaluator.last_targets, evaluator.last_predictions, data.classes,
+                title=f"{cfg.task.name}, epoch {trainer.epoch}: test top-1 {top1:.2f}%",
+            )
+        return metrics
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -281,7 +280,7 @@ def evaluate_classifier(
         cfg.task.test_dataset.num_clips = int(num_clips)
     data = build_datasets(cfg, train=False)
     model = build_classifier(cfg, data.classes)
-    use_ema = (path / EMA_FILE).is_file() if ema is None else ema
+    use_ema = has_ema(path) if ema is None else ema
     load_weights(model, path, ema=use_ema)
     model.to(default_device(device)).eval()
     # At the precision the run evaluated in during training, so the scores match its metrics.

@@ -24,7 +24,20 @@ class MetricsLogger:
 
     def _truncate_after(self, step: int) -> None:
         # A killed run may have logged past its last checkpoint; the resumed run logs those steps again.
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        kept, torn = [], []
+        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                torn.append(number)  # a line cut short by a kill mid-write
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line)
+        if torn:
+            print(f"[fibpolicy] warning: {self.path}: dropped {len(torn)} unreadable line(s) "
+                  f"(line {', '.join(map(str, torn[:5]))}), left by a run killed while writing", flush=True)
         write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, metrics: dict[str, Any], step: int) -> None:

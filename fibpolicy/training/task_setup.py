@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -11,17 +13,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .ema import EMAModel
+from .run_dir import run_directory, write_run_config
 from .seeding import seed_everything
 from .trainer import Trainer
 
 
-def start_run(cfg: DictConfig) -> Path:
-    """Seed everything, create ``cfg.run_dir`` and write the resolved ``config.yaml`` there."""
-    seed_everything(int(cfg.seed))
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    return run_dir
+@contextmanager
+def start_run(cfg: DictConfig) -> Iterator[Path]:
+    """Claim ``cfg.run_dir`` (``fibpolicy.training.run_dir``) and seed everything; the run is built inside."""
+    with run_directory(cfg) as run_dir:
+        seed_everything(int(cfg.seed))
+        yield run_dir
 
 
 def make_trainer(cfg: DictConfig, **runtime: Any) -> Trainer:
@@ -37,9 +39,12 @@ def make_trainer(cfg: DictConfig, **runtime: Any) -> Trainer:
 
 def fit(trainer: Trainer, cfg: DictConfig) -> dict[str, Any]:
     """Train (resuming when ``cfg.resume``), add ``train_seconds`` and print a one-line summary."""
+    # Written only now: every check has passed and the model, data and trainer were built from it.
+    write_run_config(cfg, trainer.run_dir)
     start = time.time()
     metrics = trainer.fit(resume=bool(cfg.resume))
     metrics["train_seconds"] = time.time() - start
-    print(f"[fibpolicy] done in {metrics['train_seconds']:.0f} s: " + ", ".join(
-        f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+    if trainer.dist.is_main:
+        print(f"[fibpolicy] done in {metrics['train_seconds']:.0f} s: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)) + f"\n[fibpolicy] run directory: {trainer.run_dir}")
     return metrics

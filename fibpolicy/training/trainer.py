@@ -26,7 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..device import use_bf16
-from ..checkpoint import CHECKPOINTS_DIR, TopKCheckpoints, latest_checkpoint, load_trainer_state, load_weights, save_checkpoint
+from ..checkpoint import (
+    CHECKPOINTS_DIR, TopKCheckpoints, find_resumable, latest_checkpoint, load_trainer_state, load_weights, save_resumable,
+)
 from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
 from .logger import MetricsLogger
 from .optim import adamw
@@ -194,24 +196,41 @@ class Trainer:
             "rng": rng_state(),
         }
 
-    def _checkpoint_kwargs(self) -> dict[str, Any]:
-        return dict(
-            model=self.model,
-            ema_model=self.ema.averaged_model if self.ema is not None else None,
-            trainer_state=self.state_dict(),
-            config=self.run_config,
-            meta={"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch},
-        )
+    def _meta(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
 
     def save_latest(self) -> None:
-        """Write ``checkpoints/latest`` (main rank only)."""
+        """Write the resumable checkpoint and point ``checkpoints/latest`` at it (main rank only)."""
         if self.dist.is_main:
-            save_checkpoint(self.latest_path, **self._checkpoint_kwargs())
+            save_resumable(
+                self.run_dir, self.step, model=self.model,
+                ema_model=self.ema.averaged_model if self.ema is not None else None,
+                trainer_state=self.state_dict(), config=self.run_config, meta=self._meta(),
+            )
         barrier(self.dist)
 
+    def _save_topk(self, score: float) -> None:
+        # Top-k checkpoints are for evaluation: the evaluation weights only, no trainer state.
+        weights = {"ema_model": self.ema.averaged_model} if self.ema is not None else {"model": self.model}
+        self.topk.save(score, self.epoch, **weights, config=self.run_config, meta=self._meta())
+
     def resume(self, checkpoint: str | Path | None = None) -> None:
-        """Restore weights, EMA, optimiser, scheduler, counters and RNG states from a checkpoint."""
-        path = Path(checkpoint) if checkpoint is not None else self.latest_path
+        """Restore weights, EMA, optimiser, scheduler, counters and RNG states from a checkpoint.
+
+        Without ``checkpoint``: the newest complete resumable checkpoint of the run directory.
+        """
+        if checkpoint is None:
+            found, refused = find_resumable(self.run_dir)
+            if found is None:
+                raise FileNotFoundError(
+                    f"resume=true but {self.run_dir / CHECKPOINTS_DIR} holds no complete checkpoint"
+                    + (f" ({'; '.join(refused)})" if refused else "")
+                )
+            for reason in refused:
+                print(f"[fibpolicy] warning: skipped {reason}", flush=True)
+            path = found
+        else:
+            path = Path(checkpoint)
         if not path.is_dir():
             raise FileNotFoundError(f"resume=true but there is no checkpoint at {path}")
         state = load_trainer_state(path)
@@ -294,24 +313,31 @@ class Trainer:
         """Train until ``num_epochs`` (or ``max_steps``); returns the last epoch's metrics."""
         if resume:
             self.resume()
+            if self.epoch >= self.num_epochs or self._finished():
+                if self.dist.is_main:
+                    print(f"[fibpolicy] the run in {self.run_dir} is already finished (step {self.step}, epoch "
+                          f"{self.epoch} of {self.num_epochs}); nothing to train. Raise training.trainer.num_epochs "
+                          "to continue it.", flush=True)
+                return {"epoch": self.epoch, "step": self.step, "already_finished": True}
         # On resume, rows a killed run logged after its last checkpoint are dropped (they are logged again).
         logger = MetricsLogger(self.run_dir, resume_step=self.step if resume else None) if self.dist.is_main else None
         self.model.train()
         last: dict[str, Any] = {}
         window: list[float] = []
         start_time = time.time()
+        # One bar for the whole run: its total is the number of steps the run will take.
+        bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), disable=not self.progress,
+                   unit="step", dynamic_ncols=True)
         try:
             while self.epoch < self.num_epochs and not self._finished():
                 self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.batch_size)
                 loader = self._loader(self.train_dataset, self.sampler, self.batch_size, self.epoch)
-                bar = tqdm(
-                    loader, desc=f"epoch {self.epoch}", leave=False, disable=not self.progress,
-                    initial=self.batch_in_epoch, total=self.steps_per_epoch,
-                )
-                for batch in bar:
+                bar.set_description(f"epoch {self.epoch}")
+                for batch in loader:
                     loss, extras = self._train_step(batch)
                     self.step += 1
                     self.batch_in_epoch += 1
+                    bar.update(1)
                     window.append(loss)
                     if logger is not None and self.step % self.log_every_steps == 0:
                         logger.log({"train/loss": sum(window) / len(window), "train/lr": self.lr_scheduler.get_last_lr()[0],
@@ -328,6 +354,7 @@ class Trainer:
                     self.batch_in_epoch = 0
                 last = self._end_of_epoch(logger, final=self.epoch >= self.num_epochs or self._finished(), start_time=start_time)
         finally:
+            bar.close()
             if logger is not None:
                 logger.close()
         return last
@@ -337,7 +364,14 @@ class Trainer:
         if final or self.epoch % self.val_every_epochs == 0:
             metrics.update(self.validate())
         if final or self.epoch % self.eval_every_epochs == 0:
-            metrics.update(self.evaluate())
+            evaluated = self.evaluate()
+            if evaluated and self.monitor not in evaluated and self.topk.k > 0:
+                # A typo here would silently turn top-k checkpointing off for the whole run.
+                raise ValueError(
+                    f"training.trainer.monitor={self.monitor!r} is not a metric of this task's evaluator; "
+                    f"valid keys: {sorted(k for k, v in evaluated.items() if isinstance(v, (int, float)))}"
+                )
+            metrics.update(evaluated)
         score = metrics.get(self.monitor)
         if score is not None:
             self.best[self.monitor] = max(score, self.best.get(self.monitor, float("-inf")))
@@ -345,7 +379,7 @@ class Trainer:
         if logger is not None:
             logger.log(metrics, self.step)
         if score is not None and self.dist.is_main:
-            self.topk.save(float(score), self.epoch, **self._checkpoint_kwargs())
+            self._save_topk(float(score))
         if final or self.epoch % self.checkpoint_every_epochs == 0:
             self.save_latest()
         return metrics

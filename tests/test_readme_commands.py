@@ -49,6 +49,8 @@ CASES: dict[str, list[str]] = {
     "python train.py task.dataset.zarr_path=/path/pusht_cchi_v7_replay.zarr": POLICY_RUN + ONE_BLOCK,
     "python train.py resume=true run_dir=runs/<run>": POLICY_RUN + ONE_BLOCK + ["training.trainer.max_steps=4"],
     "torchrun --nproc_per_node=2 train.py training=smoke": SMOKE + ["training.trainer.max_steps=2"],
+    "python -m envs.robomimic.demos --task lift --out data/lift_expert.hdf5 --episodes 200 --workers 2": [
+        "--episodes 1", "--workers 1"],
     "python eval.py checkpoint=runs/<run>": ["n_train=1", "n_test=1", "n_envs=2", "max_steps=8"],
     "python eval.py checkpoint=runs/<run> n_test=10 inference_steps=16 scheduler=ddim": ["n_train=0", "n_test=1", "n_envs=1", "inference_steps=2", "max_steps=8"],
     "python train.py task=pusht_lowdim 'policy.down_dims=[64,128,256]' policy.inference_scheduler=ddim policy.num_inference_steps=16 "
@@ -73,9 +75,16 @@ def readme_commands() -> list[str]:
 
 
 def shrink(command: str, overrides: list[str]) -> list[str]:
-    """The command's words, each override replacing the command's own value for its key, or appended."""
+    """The command's words, each override replacing the command's own value for its key, or appended.
+
+    ``--flag value`` overrides replace the value after the command's own ``--flag``.
+    """
     words = shlex.split(command)
     for override in overrides:
+        if override.startswith("--"):
+            flag, value = override.split(" ", 1)
+            words[words.index(flag) + 1] = value
+            continue
         key = override.split("=", 1)[0].lstrip("+")
         same = [i for i, w in enumerate(words) if w.split("=", 1)[0].lstrip("+") == key]
         if same:
@@ -255,3 +264,15 @@ def test_readme_policy_snippet_runs_on_a_trained_run(default_run):
     scope = {"obs": obs, "step": step}
     exec(compile(block.replace("runs/<run>", str(run_dir)), "README.md", "exec"), scope)
     assert scope["action"].shape == (1, 8, 2) and scope["a"].shape == (1, 2)
+
+
+def test_robomimic_demos_command(dirs):
+    base, env = dirs
+    command = "python -m envs.robomimic.demos --task lift --out data/lift_expert.hdf5 --episodes 200 --workers 2"
+    out = base / "data" / "lift_expert.hdf5"
+    res = run(command, env, {"data/lift_expert.hdf5": str(out)})
+    assert "1 of 1 lift demos" in res.stdout + res.stderr
+    import h5py
+
+    with h5py.File(out) as f:
+        assert f["data"].attrs["total"] == len(f["data/demo_0/actions"]) and "actions_abs" in f["data/demo_0"]

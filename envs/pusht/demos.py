@@ -17,13 +17,13 @@ order. Replaying an episode's actions from its seed (legacy reset) reproduces it
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 
+from envs.parallel import ordered_map
 from envs.pusht.env import MAX_EPISODE_STEPS, PushTEnv
 from envs.pusht.expert import ExpertConfig, PushTExpert
 from envs.pusht.keypoints import N_BLOCK_KEYPOINTS, block_keypoints
@@ -99,14 +99,7 @@ def _record_task(args: tuple[int, int, ExpertConfig | None]) -> Episode:
 
 def _episodes(seeds: list[int], max_steps: int, workers: int, config: ExpertConfig | None) -> Iterator[Episode]:
     """Recorded episodes in seed order, from ``workers`` processes (or inline for one worker)."""
-    tasks = [(s, max_steps, config) for s in seeds]
-    if workers <= 1:
-        for task in tasks:
-            yield _record_task(task)
-        return
-    # spawn: safe whatever threads the caller runs (zarr, torch), and the same on every platform.
-    with mp.get_context("spawn").Pool(processes=workers) as pool:
-        yield from pool.imap(_record_task, tasks, chunksize=1)
+    return ordered_map(_record_task, [(s, max_steps, config) for s in seeds], workers)
 
 
 def expert_episodes(

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -49,6 +48,7 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from envs.parallel import ordered_map
 from envs.robomimic.env import MAX_EPISODE_STEPS, RobomimicEnv, check_task, env_meta_from_dataset
 from envs.robomimic.experts import ExpertConfig, run_expert
 
@@ -255,13 +255,8 @@ def _close_recorder() -> None:
 
 
 def _demos(tasks: list[tuple], workers: int) -> Iterator[Demo]:
-    if workers <= 1:
-        for t in tasks:
-            yield _record_task(t)
-        return
-    # spawn: never fork a process that holds an OpenGL context (forking after GL init segfaults).
-    with mp.get_context("spawn").Pool(processes=workers) as pool:
-        yield from pool.imap(_record_task, tasks, chunksize=1)
+    # Spawned workers: a forked process that inherits an OpenGL context segfaults.
+    return ordered_map(_record_task, tasks, workers)
 
 
 def generate_demos(

@@ -106,8 +106,16 @@ def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 1) -> 
 
 
 def point_link(link: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Make the symlink ``link`` point at ``target`` (a sibling name) with one rename: never zero links."""
+    """Make the symlink ``link`` point at ``target`` (a sibling name) with one rename: never zero links.
+
+    A real directory at ``link`` (written before it became a link) is moved aside first, as
+    :func:`atomic_path` does, and removed once the link is in place.
+    """
     link = Path(link)
+    aside = None
+    if link.is_dir() and not link.is_symlink():
+        aside = temporary_name(link, "old")
+        link.rename(aside)
     tmp = temporary_name(link, "tmp")
     os.symlink(os.fspath(target), tmp)
     try:
@@ -116,6 +124,8 @@ def point_link(link: str | os.PathLike, target: str | os.PathLike) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(link.parent)
+    if aside is not None:
+        _remove(aside)
     return link
 
 

@@ -32,7 +32,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_model, save_model
 
-from .atomic import atomic_path, point_link, temporary_name
+from .atomic import atomic_path, point_link
 
 MODEL_FILE, EMA_FILE, STATE_FILE, CONFIG_FILE, META_FILE = (
     "model.safetensors", "ema.safetensors", "trainer_state.pt", "config.yaml", "meta.json",
@@ -105,7 +105,7 @@ def save_checkpoint(
         for file in sorted(tmp.iterdir()):
             file.chmod(mode)
             files[file.name] = file.stat().st_size
-        record = {"time": time.time(), **(meta or {}), "files": files, "complete": True}
+        record = {"time": time.time(), **(meta or {}), "files": files}
         if ema_is_model:
             record["ema_is_model"] = True
         (tmp / META_FILE).write_text(json.dumps(record, indent=1))
@@ -139,8 +139,12 @@ def _require(path: Path, name: str) -> Path:
     return file
 
 
+def _ema_is_model(path: Path) -> bool:
+    return (path / META_FILE).is_file() and bool(read_meta(path).get("ema_is_model"))
+
+
 def _weights_file(path: Path, ema: bool) -> Path:
-    if ema and not (path / EMA_FILE).is_file() and (path / META_FILE).is_file() and read_meta(path).get("ema_is_model"):
+    if ema and not (path / EMA_FILE).is_file() and _ema_is_model(path):
         return _require(path, MODEL_FILE)
     return _require(path, EMA_FILE if ema else MODEL_FILE)
 
@@ -148,7 +152,7 @@ def _weights_file(path: Path, ema: bool) -> Path:
 def has_ema(checkpoint: str | Path) -> bool:
     """Whether a checkpoint carries EMA weights (stored, or equal to the model's)."""
     path = Path(checkpoint)
-    return (path / EMA_FILE).is_file() or ((path / META_FILE).is_file() and bool(read_meta(path).get("ema_is_model")))
+    return (path / EMA_FILE).is_file() or _ema_is_model(path)
 
 
 def load_weights(model: nn.Module, checkpoint: str | Path, *, ema: bool = False, strict: bool = True) -> nn.Module:
@@ -200,14 +204,7 @@ def save_resumable(run_dir: str | Path, step: int, **checkpoint_kwargs: Any) -> 
     directory = Path(run_dir) / CHECKPOINTS_DIR
     name = f"{STATE_PREFIX}{step:08d}"
     target = save_checkpoint(directory / name, **checkpoint_kwargs)
-    latest = directory / LATEST
-    if latest.is_dir() and not latest.is_symlink():  # a run written before latest became a link
-        aside = temporary_name(latest, "old")
-        latest.rename(aside)
-        point_link(latest, name)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        point_link(latest, name)
+    point_link(directory / LATEST, name)
     for stale in directory.glob(f"{STATE_PREFIX}*"):
         if stale.name != name and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
@@ -223,10 +220,10 @@ def find_resumable(run_dir: str | Path) -> tuple[Path | None, list[str]]:
     directory = Path(run_dir) / CHECKPOINTS_DIR
     candidates = [p for p in directory.glob(f"{STATE_PREFIX}*") if p.is_dir()] if directory.is_dir() else []
     latest = directory / LATEST
-    if latest.is_dir():
-        candidates.append(latest.resolve() if latest.is_symlink() else latest)
+    if latest.is_dir() and not latest.is_symlink():  # a run written before latest became a link to a state-*
+        candidates.append(latest)
     refused, found = [], []
-    for path in dict.fromkeys(candidates):
+    for path in candidates:
         try:
             meta = validate_checkpoint(path)
             _require(path, STATE_FILE)

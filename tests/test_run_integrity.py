@@ -140,6 +140,15 @@ def test_replacing_latest_never_leaves_zero_valid_checkpoints(tmp_path, monkeypa
     assert find_resumable(tmp_path)[0].name == "state-00000002"  # and resume takes the newer complete one
 
 
+def test_a_latest_directory_of_an_older_run_is_resumed_and_then_replaced_by_a_link(tmp_path):
+    save_checkpoint(tmp_path / "checkpoints" / "latest", model=_module(1), trainer_state={"step": 5}, meta={"step": 5})
+    assert find_resumable(tmp_path)[0] == tmp_path / "checkpoints" / "latest"
+    save_resumable(tmp_path, 6, model=_module(2), trainer_state={"step": 6}, meta={"step": 6})
+    latest = tmp_path / "checkpoints" / "latest"
+    assert latest.is_symlink() and read_meta(latest)["step"] == 6
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "state-00000006"]
+
+
 def test_checkpoint_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     synced = []
     real = os.fsync

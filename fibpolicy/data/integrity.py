@@ -30,8 +30,8 @@ class StoreIntegrityError(ValueError):
     """A store whose chunks are missing, unreadable, or do not match its manifest."""
 
 
-def _chunk_keys(array: Any) -> Iterator[str]:
-    """Store keys (relative to the store root) of every chunk in ``array``'s grid."""
+def _chunks(array: Any) -> Iterator[tuple[str, tuple[slice, ...]]]:
+    """(store key relative to the store root, region) of every chunk in ``array``'s grid."""
     shape, chunks = tuple(array.shape), tuple(array.chunks)
     if any(n == 0 for n in shape):
         return
@@ -41,9 +41,10 @@ def _chunk_keys(array: Any) -> Iterator[str]:
     for coords in itertools.product(*grid):
         if metadata.zarr_format == 2:
             sep = getattr(metadata, "dimension_separator", None) or "."
-            yield prefix + (sep.join(map(str, coords)) if shape else "0")
+            key = sep.join(map(str, coords)) if shape else "0"
         else:
-            yield prefix + metadata.chunk_key_encoding.encode_chunk_key(coords)
+            key = metadata.chunk_key_encoding.encode_chunk_key(coords)
+        yield prefix + key, tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, chunks, shape))
 
 
 def _store_files(path: Path) -> set[str]:
@@ -72,7 +73,7 @@ def check_chunks(root: Any, path: Path, *, names: Iterable[str] | None = None) -
     for name, array in _arrays(root):
         if wanted is not None and name not in wanted:
             continue
-        missing = [key for key in _chunk_keys(array) if key not in files]
+        missing = [key for key, _ in _chunks(array) if key not in files]
         if missing:
             problems.append(f"{name}: {len(missing)} of {array.nchunks} chunks missing (first: {missing[0]})")
     if problems:
@@ -114,13 +115,7 @@ def read_array(array: Any, path: Path, name: str) -> np.ndarray:
 
 
 def _first_bad_chunk(array: Any) -> tuple[str, Exception] | None:
-    shape, chunks = tuple(array.shape), tuple(array.chunks)
-    if not shape:
-        return None
-    keys = list(_chunk_keys(array))
-    grid = [range(math.ceil(n / c)) for n, c in zip(shape, chunks)]
-    for key, coords in zip(keys, itertools.product(*grid)):
-        region = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(coords, chunks, shape))
+    for key, region in _chunks(array) if array.shape else ():
         try:
             with _quiet_asyncio():
                 array[region]

@@ -40,18 +40,19 @@ def evaluate_checkpoint(
     cfg = load_config(path) if config is None else config
     if cfg.task.get("evaluator") is None:
         raise ValueError(f"{path}/config.yaml: task {cfg.task.get('name')!r} declares no task.evaluator to score it with")
-    for name, value in (("n_test", n_test), ("n_train", n_train), ("n_envs", n_envs), ("max_steps", max_steps)):
-        if value is not None and (not isinstance(value, int) or value < (1 if name in ("n_envs", "max_steps") else 0)):
-            raise ValueError(f"eval: {name}={value!r} is not valid (expected an integer >= {1 if name in ('n_envs', 'max_steps') else 0})")
+    overrides = {k: v for k, v in (("n_test", n_test), ("n_train", n_train), ("n_envs", n_envs), ("max_steps", max_steps))
+                 if v is not None}
+    for name, value in overrides.items():
+        minimum = 1 if name in ("n_envs", "max_steps") else 0
+        if not isinstance(value, int) or value < minimum:
+            raise ValueError(f"eval: {name}={value!r} is not valid (expected an integer >= {minimum})")
     evaluator_cfg = OmegaConf.to_container(cfg.task.evaluator, resolve=True)
     protocol = OmegaConf.to_container(cfg.task.protocol, resolve=True) if cfg.task.get("protocol") else None
     if protocol is None:
         print(f"[fibpolicy] warning: {path}/config.yaml has no task.protocol; evaluating with the run's own evaluator settings")
     else:
         evaluator_cfg.update({k: v for k, v in protocol.items() if k in PROTOCOL_KEYS})
-    for key, value in (("n_test", n_test), ("n_train", n_train), ("n_envs", n_envs), ("max_steps", max_steps)):
-        if value is not None:
-            evaluator_cfg[key] = value
+    evaluator_cfg.update(overrides)
     policy = load_policy(path, device=device, config=cfg)
     if inference_steps is not None or scheduler is not None:
         # ``is None``, not ``or``: inference_steps=0 must be refused, not replaced by the default.

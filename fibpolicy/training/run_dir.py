@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..atomic import clean_orphans
+from ..atomic import clean_orphans, write_text
 from ..checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, find_resumable, load_config, read_meta
 
 __all__ = ["SAFE_RESUME_KEYS", "RunDirectoryError", "config_differences", "run_directory", "write_run_config"]
@@ -100,8 +100,8 @@ def _check_resume(cfg: DictConfig, run_dir: Path) -> None:
     if checkpoint is None:
         why = f" ({'; '.join(refused)})" if refused else ""
         raise RunDirectoryError(f"resume=true but run_dir {run_dir} holds no complete checkpoint to resume{why}")
-    saved = load_config(checkpoint)
-    changed = {k: v for k, v in config_differences(saved, cfg).items() if k not in SAFE_RESUME_KEYS}
+    differences = config_differences(load_config(checkpoint), cfg)
+    changed = {k: v for k, v in differences.items() if k not in SAFE_RESUME_KEYS}
     if changed:
         lines = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changed.items())[:12])
         raise RunDirectoryError(
@@ -109,7 +109,7 @@ def _check_resume(cfg: DictConfig, run_dir: Path) -> None:
             f"the numbers ({len(changed)}: {lines}). Resume with the same settings (only {', '.join(SAFE_RESUME_KEYS[3:])} "
             "may change), or start a new run_dir."
         )
-    lengths = {k: v for k, v in config_differences(saved, cfg).items() if k in _LENGTH_KEYS}
+    lengths = {k: v for k, v in differences.items() if k in _LENGTH_KEYS}
     if lengths:
         print(f"[fibpolicy] resume: run length changed ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in lengths.items())}); "
               "the LR schedule follows the new length from here on", flush=True)
@@ -162,6 +162,4 @@ def run_directory(cfg: DictConfig) -> Iterator[Path]:
 def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
     """The resolved ``config.yaml`` of the run (main process only), once its checks have passed."""
     if _is_main_process():
-        from ..atomic import write_text
-
         write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))

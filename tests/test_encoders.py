@@ -68,9 +68,9 @@ def test_builder_errors_are_clear():
         vision_transformer(attention="dense", mode="additive")
 
 
-@pytest.mark.parametrize("pool, width", [("mean", 192), ("cls", 192), ("both", 384)])
+@pytest.mark.parametrize("pool, width", [("mean", 192), ("cls", 192), ("both", 384), ("map", 192), ("spatial_softmax", 64)])
 def test_feature_encoder_pools(pool, width):
-    enc = create_vit_encoder("vit_fib_tiny_patch16_224", img_size=32, patch_size=8, pool=pool)
+    enc = create_vit_encoder("vit_fib_tiny_patch16_224", img_size=32, patch_size=8, pool=pool, depth=2)
     assert enc.output_dim == width
     images = torch.randn(2, 3, 32, 32)
     feats = enc(images)
@@ -80,6 +80,25 @@ def test_feature_encoder_pools(pool, width):
         torch.testing.assert_close(feats, tokens[:, 1:].mean(1))
     if pool == "cls":
         torch.testing.assert_close(feats, tokens[:, 0])
+    if pool == "map":
+        assert enc.vit.attn_pool is not None
+        torch.testing.assert_close(feats, enc.vit.attn_pool(tokens[:, 1:]))  # over the patch tokens
+    if pool == "spatial_softmax":  # keypoints of the same token grid token_grid() gives
+        torch.testing.assert_close(feats, enc.keypoints(enc.token_grid(images)))
+        assert feats.abs().max() <= 1.0
+
+
+def test_spatial_softmax_features_follow_the_object_and_the_mean_does_not():
+    # A bright square at two places: the mean of a position-free map is the same, keypoints move.
+    enc = create_vit_encoder("vit_fib_tiny_patch16_224", img_size=32, patch_size=8, pool="spatial_softmax", depth=1)
+    torch.nn.init.zeros_(enc.vit.pos_embed)
+    images = torch.zeros(2, 3, 32, 32)
+    images[0, :, 0:8, 0:8] = 1.0
+    images[1, :, 24:32, 24:32] = 1.0
+    grid = enc.token_grid(images)
+    torch.testing.assert_close(grid[0].mean((1, 2)), grid[1].mean((1, 2)), atol=1e-5, rtol=1e-4)
+    feats = enc(images)
+    assert (feats[0] - feats[1]).abs().max() > 1e-3
 
 
 def test_token_grid_keeps_raster_order():

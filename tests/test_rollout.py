@@ -54,13 +54,16 @@ def _manual(seed, max_steps, n_obs=2, n_act=8):
     return best, steps
 
 
-def test_runner_matches_a_hand_run_rollout_and_films(tmp_path):
+@pytest.mark.parametrize("vector_env, n_envs", [("async", 2), ("sync", 2), ("sync", 3)])
+def test_runner_matches_a_hand_run_rollout_and_films(tmp_path, vector_env, n_envs):
     episodes = [EpisodeSpec(3, "train", record_video=True), EpisodeSpec(100000, "test"), EpisodeSpec(100001, "test")]
     runner = RolloutRunner(
         partial(PushTEnv, obs_type="pixels_agent_pos", render_mode="rgb_array"), episodes,
-        obs_transform=identity, n_envs=2, max_steps=20, video_dir=tmp_path, progress=False,
+        obs_transform=identity, n_envs=n_envs, max_steps=20, video_dir=tmp_path, progress=False, vector_env=vector_env,
     )
     result = runner.run(DriftPolicy(), tag="e0_")
+    assert set(result.timing) == {"policy_s", "env_s", "video_s"} and all(v > 0 for v in result.timing.values())
+    assert sum(result.timing.values()) <= result.seconds
     for ep in result.episodes:
         score, length = _manual(ep.seed, 20)
         assert ep.error is None
@@ -120,3 +123,37 @@ def test_runner_argument_errors():
         RolloutRunner(PushTEnv, [], obs_transform=identity)
     with pytest.raises(ValueError, match=">= 1"):
         RolloutRunner(PushTEnv, [EpisodeSpec(0)], obs_transform=identity, max_steps=0)
+    with pytest.raises(ValueError, match="vector_env"):
+        RolloutRunner(PushTEnv, [EpisodeSpec(0)], obs_transform=identity, vector_env="threads")
+
+
+class EarlyDone(PushTEnv):
+    """Terminates after 3 steps for seed 13, as a solved episode does."""
+
+    def reset(self, *, seed=None, options=None):
+        self._short, self._t = seed == 13, 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        self._t += 1
+        return obs, reward, terminated or (self._short and self._t == 3), truncated, info
+
+
+@pytest.mark.parametrize("vector_env", ["async", "sync"])
+def test_an_episode_that_ends_early_stops_counting_and_the_others_run_on(vector_env):
+    episodes = [EpisodeSpec(s) for s in (11, 13, 17)]
+    runner = RolloutRunner(partial(EarlyDone, obs_type="pixels_agent_pos"), episodes, obs_transform=identity,
+                           n_envs=3, max_steps=8, progress=False, vector_env=vector_env, context="fork")
+    by_seed = {e.seed: e for e in runner.run(DriftPolicy()).episodes}
+    assert all(e.error is None for e in by_seed.values())
+    assert by_seed[13].length == 3 and by_seed[11].length == by_seed[17].length == 8
+
+
+def test_an_in_process_env_that_raises_fails_its_round_with_the_seeds():
+    episodes = [EpisodeSpec(s) for s in (11, 13, 17)]
+    runner = RolloutRunner(partial(FlakyPushT, obs_type="pixels_agent_pos"), episodes, obs_transform=identity,
+                           n_envs=2, max_steps=8, progress=False, vector_env="sync")
+    by_seed = {e.seed: e for e in runner.run(DriftPolicy()).episodes}
+    assert "simulator exploded" in by_seed[13].error and "simulator exploded" in by_seed[11].error
+    assert by_seed[17].error is None and by_seed[17].length == 8

@@ -310,7 +310,7 @@ def test_eval_runs_the_reference_protocol_by_default(finished_run, tmp_path):
     saved = json.loads((tmp_path / "e" / "eval.json").read_text())
     assert saved["protocol"] == record["protocol"]
     assert record["protocol"] == {"n_train": 0, "n_test": 1, "train_seed_start": 0, "test_seed_start": 100000,
-                                  "max_steps": 300, "n_envs": 1, "seed": 0}
+                                  "max_steps": 300, "n_envs": 1, "vector_env": "sync", "seed": 0}
 
 
 def test_eval_errors_are_one_line_and_leave_no_output_directory(tmp_path):

@@ -108,6 +108,51 @@ def test_checkpoints_metrics_and_topk(tmp_path):
     assert (tmp_path / "tb").is_dir()
 
 
+def test_a_time_budget_ends_the_run_with_a_final_evaluation_and_wall_time_sums_over_resumes(tmp_path, monkeypatch):
+    import fibpolicy.training.trainer as trainer_module
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(trainer_module.time, "time", lambda: clock["now"])
+
+    class SlowRegressor(NoisyRegressor):
+        def compute_loss(self, batch):
+            if self.training:  # every training step takes 10 s of wall-clock (validation none)
+                clock["now"] += 10.0
+            return super().compute_loss(batch)
+
+    def make():
+        torch.manual_seed(0)
+        return SlowRegressor()
+
+    # 5 steps an epoch, 10 s a step: a 1.5-minute budget ends the run at step 9, mid-epoch 1.
+    trainer = _trainer(tmp_path, make(), num_epochs=10, max_minutes=1.5, checkpoint_every_epochs=1)
+    final = trainer.fit()
+    assert trainer.step == 9 and "test/mean_score" in final and "val/loss" in final
+    assert final["wall_time_s"] == pytest.approx(90.0)
+    assert load_trainer_state(tmp_path / "checkpoints" / "latest")["step"] == 9
+
+    clock["now"] += 3600.0  # time between sessions does not count
+    again = _trainer(tmp_path, make(), num_epochs=10, max_minutes=1.5, checkpoint_every_epochs=1)
+    assert again.fit(resume=True)["already_finished"]
+    longer = _trainer(tmp_path, make(), num_epochs=10, max_minutes=2.0, checkpoint_every_epochs=1)
+    final = longer.fit(resume=True)
+    assert longer.step == 12 and final["wall_time_s"] == pytest.approx(120.0)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    walls = [r["wall_time_s"] for r in rows if "wall_time_s" in r]
+    assert walls == sorted(walls) and walls[-1] == pytest.approx(120.0)
+    with pytest.raises(ValueError, match="max_minutes"):
+        _trainer(tmp_path / "bad", make(), max_minutes=0)
+
+
+def test_an_evaluation_without_a_score_keeps_no_topk_checkpoint(tmp_path, capsys):
+    scores = iter([1.0, float("nan"), 0.5, float("nan")])
+    trainer = _trainer(tmp_path, _fresh_model(), evaluator=lambda model, epoch, run_dir: {"test/mean_score": next(scores)})
+    trainer.fit()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch*")) == ["epoch0001-score1.000", "epoch0003-score0.500"]
+    assert "test/mean_score is nan at epoch 2; no top-k checkpoint kept" in capsys.readouterr().out
+    assert trainer.best["test/mean_score"] == 1.0
+
+
 def test_trainer_rejects_bad_setups(tmp_path):
     with pytest.raises(TypeError, match="compute_loss"):
         Trainer(nn.Linear(2, 2), PairDataset(), run_dir=tmp_path)

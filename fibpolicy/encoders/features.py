@@ -1,8 +1,16 @@
 """The feature interface shared by the policy and the classifiers: images -> vector, or -> token grid.
 
-``create_feature_encoder(model_name, img_size=..., in_chans=...)`` builds any timm-registered model as a
-feature encoder: ``forward`` gives one vector per image (``output_dim`` wide), ``token_grid`` the final
-feature map as (B, C, H', W'). ViTs pool with timm's own head (``global_pool``) and give the grid through
+``create_feature_encoder(model_name, img_size=..., in_chans=..., pool=...)`` builds any timm-registered
+model as a feature encoder: ``forward`` gives one vector per image (``output_dim`` wide), ``token_grid``
+the final feature map as (B, C, H', W'). Pooling (``POOLS``):
+
+- ``mean``: the mean of the patch tokens (of the map): what the Fibottention robot experiments used;
+- ``cls``: the class token; ``both``: class token and mean, concatenated;
+- ``map``: timm's attention pooling (one learned latent query attends over the tokens);
+- ``spatial_softmax``: ``num_keypoints`` soft-argmax (x, y) positions over the token grid, as the
+  ResNet reference's head does; unlike the mean it keeps where things are in the image.
+
+ViTs pool with timm's own head (``global_pool``) where timm has the pooling, and give the grid through
 ``forward_intermediates``; convolutional models pool their ``forward_features`` map.
 """
 
@@ -16,11 +24,13 @@ import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
 from . import vit as _vit  # noqa: F401  (registers the vit_fib_* models in timm)
+from .pooling import SpatialSoftmax
 
 __all__ = ["ConvFeatureEncoder", "POOLS", "ViTFeatureEncoder", "create_feature_encoder", "create_vit_encoder"]
 
-POOLS = ("cls", "mean", "both")
-_TIMM_POOL = {"cls": "token", "mean": "avg", "both": "token"}
+POOLS = ("cls", "mean", "both", "map", "spatial_softmax")
+# The timm ``global_pool`` each pooling builds the ViT with (spatial soft-max pools the grid itself).
+_TIMM_POOL = {"cls": "token", "mean": "avg", "both": "token", "map": "map", "spatial_softmax": "avg"}
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -31,13 +41,13 @@ def _check_images(images: torch.Tensor) -> None:
 class ViTFeatureEncoder(nn.Module):
     """Wraps a timm ViT: ``forward`` gives one feature vector per image, ``token_grid`` the patch tokens.
 
-    ``pool="mean"`` averages the patch tokens after the final norm (what the Fibottention robot
-    experiments used), ``"cls"`` takes the class token, ``"both"`` concatenates the two. The ViT's timm
-    ``global_pool`` must match (``avg`` / ``token``), with the final norm on the tokens (no ``fc_norm``),
-    as ``create_feature_encoder`` builds it.
+    ``pool`` is one of ``POOLS`` (see the module docstring); ``num_keypoints`` is used by
+    ``spatial_softmax`` (``output_dim = 2 * num_keypoints``). The ViT's timm ``global_pool`` must match
+    (``avg`` / ``token`` / ``map``), with the final norm on the tokens (no ``fc_norm``), as
+    ``create_feature_encoder`` builds it.
     """
 
-    def __init__(self, vit: VisionTransformer, pool: str = "mean") -> None:
+    def __init__(self, vit: VisionTransformer, pool: str = "mean", num_keypoints: int = 32) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
@@ -48,7 +58,11 @@ class ViTFeatureEncoder(nn.Module):
         self.vit = vit
         self.pool = pool
         self.embed_dim = vit.embed_dim
-        self.output_dim = vit.embed_dim * (2 if pool == "both" else 1)
+        self.keypoints = SpatialSoftmax(vit.embed_dim, num_keypoints) if pool == "spatial_softmax" else None
+        if self.keypoints is not None:
+            self.output_dim = self.keypoints.output_dim
+        else:
+            self.output_dim = vit.embed_dim * (2 if pool == "both" else 1)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -59,10 +73,18 @@ class ViTFeatureEncoder(nn.Module):
         """(B, C, H, W) images -> (B, output_dim) features."""
         _check_images(images)
         tokens = self.vit.forward_features(images)
+        if self.keypoints is not None:
+            return self.keypoints(self._grid(tokens, images))
         pooled = self.vit.forward_head(tokens, pre_logits=True)
         if self.pool != "both":
             return pooled
         return torch.cat([pooled, tokens[:, self.num_prefix_tokens :].mean(dim=1)], dim=-1)
+
+    def _grid(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        height, width = self.vit.patch_embed.dynamic_feat_size(images.shape[-2:]) if self.vit.dynamic_img_size \
+            else self.vit.patch_embed.grid_size
+        patches = tokens[:, self.num_prefix_tokens :]
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], height, width)
 
     def token_grid(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> normed patch tokens as a (B, embed_dim, H / patch, W / patch) grid."""
@@ -73,16 +95,17 @@ class ViTFeatureEncoder(nn.Module):
 class ConvFeatureEncoder(nn.Module):
     """Wraps a timm convolutional model whose ``forward_features`` gives a (B, C, H', W') map.
 
-    ``pool="mean"`` is global average pooling of that map (the only pooling such models have here).
+    ``pool="mean"`` is global average pooling of that map, ``"spatial_softmax"`` its soft-argmax keypoints.
     """
 
-    def __init__(self, model: nn.Module, pool: str = "mean") -> None:
+    def __init__(self, model: nn.Module, pool: str = "mean", num_keypoints: int = 32) -> None:
         super().__init__()
-        if pool != "mean":
-            raise ValueError(f"{type(model).__name__} has no class token: pool must be 'mean', got {pool!r}")
+        if pool not in ("mean", "spatial_softmax"):
+            raise ValueError(f"{type(model).__name__} has no class token: pool must be 'mean' or 'spatial_softmax', got {pool!r}")
         self.model = model
         self.pool = pool
-        self.output_dim = int(model.num_features)
+        self.keypoints = SpatialSoftmax(int(model.num_features), num_keypoints) if pool == "spatial_softmax" else None
+        self.output_dim = self.keypoints.output_dim if self.keypoints is not None else int(model.num_features)
 
     def token_grid(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> the final (B, num_features, H', W') feature map."""
@@ -94,7 +117,8 @@ class ConvFeatureEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> (B, output_dim) pooled features."""
-        return self.token_grid(images).mean(dim=(2, 3))
+        grid = self.token_grid(images)
+        return self.keypoints(grid) if self.keypoints is not None else grid.mean(dim=(2, 3))
 
 
 def create_feature_encoder(
@@ -103,6 +127,7 @@ def create_feature_encoder(
     img_size: int | tuple[int, int] = 84,
     in_chans: int = 3,
     pool: str = "mean",
+    num_keypoints: int = 32,
     **kwargs: Any,
 ) -> nn.Module:
     """A feature encoder from any timm-registered model name (``kwargs`` are its constructor keywords).
@@ -114,13 +139,15 @@ def create_feature_encoder(
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     if not timm.models.is_model(model_name):
         raise ValueError(f"{model_name!r} is not a timm-registered model (fibpolicy's own: {timm.list_models('*fib*')})")
+    if pool == "map":
+        kwargs.setdefault("global_pool", "map")  # timm builds its attention-pool head only at construction
     model = timm.create_model(model_name, img_size=img_size, in_chans=in_chans, num_classes=0, **kwargs)
     if isinstance(model, VisionTransformer):
         # Built with timm's default token pooling (final norm on the tokens, no fc_norm); the pooling the
         # encoder wants is then only a change of ``global_pool``.
         model.reset_classifier(0, _TIMM_POOL[pool])
-        return ViTFeatureEncoder(model, pool=pool)
-    return ConvFeatureEncoder(model, pool=pool)
+        return ViTFeatureEncoder(model, pool=pool, num_keypoints=num_keypoints)
+    return ConvFeatureEncoder(model, pool=pool, num_keypoints=num_keypoints)
 
 
 def create_vit_encoder(

@@ -14,6 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from .pooling import SpatialSoftmax
+
 __all__ = ["ResNet18GNEncoder", "SpatialSoftmax", "create_resnet18_gn_encoder", "replace_batchnorm_with_groupnorm"]
 
 
@@ -28,37 +30,6 @@ def replace_batchnorm_with_groupnorm(module: nn.Module, group_size: int = 16) ->
         else:
             replace_batchnorm_with_groupnorm(child, group_size)
     return module
-
-
-class SpatialSoftmax(nn.Module):
-    """Keypoints from a feature map: 1x1 conv to ``num_keypoints`` maps, softmax over space, expected (x, y).
-
-    Output (B, num_keypoints * 2) ordered x0, y0, x1, y1, ... with coordinates in [-1, 1] (x along width).
-    """
-
-    def __init__(self, in_channels: int, num_keypoints: int = 32, temperature: float = 1.0, learnable_temperature: bool = False) -> None:
-        super().__init__()
-        self.num_keypoints = num_keypoints
-        self.keypoint_conv = nn.Conv2d(in_channels, num_keypoints, kernel_size=1)
-        temperature_tensor = torch.tensor([float(temperature)])
-        if learnable_temperature:
-            self.temperature = nn.Parameter(temperature_tensor)
-        else:
-            self.register_buffer("temperature", temperature_tensor)
-        self.output_dim = 2 * num_keypoints
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        maps = self.keypoint_conv(features)
-        batch, kp, height, width = maps.shape
-        attention = F.softmax(maps.reshape(batch, kp, height * width) / self.temperature, dim=-1)
-        pos_y, pos_x = torch.meshgrid(
-            torch.linspace(-1.0, 1.0, height, device=maps.device, dtype=maps.dtype),
-            torch.linspace(-1.0, 1.0, width, device=maps.device, dtype=maps.dtype),
-            indexing="ij",
-        )
-        expected_x = (attention * pos_x.reshape(1, 1, -1)).sum(-1)
-        expected_y = (attention * pos_y.reshape(1, 1, -1)).sum(-1)
-        return torch.stack([expected_x, expected_y], dim=-1).reshape(batch, 2 * kp)
 
 
 class ResNet18GNEncoder(nn.Module):

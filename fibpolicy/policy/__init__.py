@@ -1,5 +1,6 @@
 """Diffusion policy: 1-D conditional U-Net, multi-camera observation encoder, normaliser, diffusers schedulers, loading."""
 
+from .crossway import CrosswayDecoder, CrosswayDiffusionUnetPolicy
 from .diffusion import DEFAULT_NOISE_SCHEDULER, INFERENCE_SCHEDULERS, DiffusionUnetPolicy
 from .loading import load_policy
 from .normalizer import NORMALIZER_MODES, LinearNormalizer, SingleFieldNormalizer
@@ -10,6 +11,8 @@ __all__ = [
     "ConditionalResidualBlock1D",
     "ConditionalUnet1D",
     "Conv1dBlock",
+    "CrosswayDecoder",
+    "CrosswayDiffusionUnetPolicy",
     "DEFAULT_IMAGE_ENCODER",
     "DEFAULT_NOISE_SCHEDULER",
     "DiffusionUnetPolicy",

@@ -204,6 +204,13 @@ class DiffusionUnetPolicy(nn.Module):
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Denoising loss: MSE between the U-Net output and the scheduler's target (epsilon by default)."""
+        return self.diffusion_loss(batch)
+
+    def diffusion_loss(
+        self, batch: Mapping[str, Any], return_bottleneck: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """The denoising loss; with ``return_bottleneck`` also the normalised obs and the U-Net bottleneck
+        (what a training-only auxiliary head such as Crossway's decoder reads)."""
         self._require_normalizer()
         obs = self._prepare_obs(batch["obs"])
         self._check_obs(obs, self.n_obs_steps, exact=False)
@@ -219,7 +226,7 @@ class DiffusionUnetPolicy(nn.Module):
             0, self.noise_scheduler.config.num_train_timesteps, (trajectory.shape[0],), device=trajectory.device
         ).long()
         noisy = self.noise_scheduler.add_noise(trajectory, noise, timesteps)
-        pred = self.model(noisy, timesteps, global_cond=global_cond)
+        pred, bottleneck = self.model(noisy, timesteps, global_cond=global_cond, return_bottleneck=True)
 
         prediction_type = self.noise_scheduler.config.prediction_type
         if prediction_type == "epsilon":
@@ -230,7 +237,8 @@ class DiffusionUnetPolicy(nn.Module):
             target = self.noise_scheduler.get_velocity(trajectory, noise, timesteps)
         else:
             raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-        return F.mse_loss(pred.float(), target.float())
+        loss = F.mse_loss(pred.float(), target.float())
+        return (loss, nobs, bottleneck) if return_bottleneck else loss
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

@@ -140,8 +140,11 @@ class ConditionalUnet1D(nn.Module):
         return 2 ** (len(self.down_dims) - 1)
 
     def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor | int, global_cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self, sample: torch.Tensor, timestep: torch.Tensor | int, global_cond: torch.Tensor | None = None,
+        return_bottleneck: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, input_dim) noisy sample -> (B, T, input_dim); with ``return_bottleneck`` also the
+        (B, down_dims[-1], T / horizon_multiple) features after the middle blocks."""
         if sample.dim() != 3 or sample.shape[-1] != self.input_dim:
             raise ValueError(f"expected sample (B, T, {self.input_dim}), got {tuple(sample.shape)}")
         if sample.shape[1] % self.horizon_multiple:
@@ -168,7 +171,9 @@ class ConditionalUnet1D(nn.Module):
             x = downsample(x)
         for mid in self.mid_modules:
             x = mid(x, cond)
+        bottleneck = x
         for resnet, resnet2, upsample in self.up_modules:
             x = torch.cat([x, skips.pop()], dim=1)
             x = upsample(resnet2(resnet(x, cond), cond))
-        return self.final_conv(x).transpose(1, 2)
+        out = self.final_conv(x).transpose(1, 2)
+        return (out, bottleneck) if return_bottleneck else out

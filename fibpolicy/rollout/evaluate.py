@@ -69,7 +69,7 @@ def evaluate_checkpoint(
         "mean_score": result.get("test/mean_score"),
         "success_rate": result.get("test/success_rate"),
         "n_episodes": len(test),
-        "protocol": {**{k: evaluator_cfg.get(k) for k in (*PROTOCOL_KEYS, "n_envs")}, "seed": evaluator.seed},
+        "protocol": {**{k: evaluator_cfg.get(k) for k in (*PROTOCOL_KEYS, "n_envs", "vector_env")}, "seed": evaluator.seed},
         "inference": {"scheduler": policy.inference_scheduler_name, "steps": policy.num_inference_steps},
         **result,
     }

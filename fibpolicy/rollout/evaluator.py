@@ -55,7 +55,8 @@ class RolloutEvaluator:
     episode's score is its maximum reward and it succeeds when ``info["is_success"]`` is ever true.
     Sampling noise is seeded with ``seed`` at the start of every run, so re-scoring a checkpoint with
     ``eval.py`` reproduces the score the training run logged for it (the trainer evaluates under a
-    forked RNG, so this does not touch the training stream).
+    forked RNG, so this does not touch the training stream). ``vector_env``: ``"async"`` (one subprocess
+    per env) or ``"sync"`` (all ``n_envs`` in this process; see ``RolloutRunner``).
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class RolloutEvaluator:
         train_seed_start: int = 0,
         test_seed_start: int = 100000,
         n_envs: int = 8,
+        vector_env: str = "async",
         max_steps: int = 300,
         n_train_videos: int = 1,
         n_test_videos: int = 2,
@@ -88,7 +90,7 @@ class RolloutEvaluator:
             n_train, n_test, train_seed_start=train_seed_start, test_seed_start=test_seed_start,
             n_train_videos=n_train_videos, n_test_videos=n_test_videos,
         )
-        self.runner_kwargs = dict(n_envs=n_envs, max_steps=max_steps, fps=fps, progress=progress)
+        self.runner_kwargs = dict(n_envs=n_envs, vector_env=vector_env, max_steps=max_steps, fps=fps, progress=progress)
         self.seed = int(seed)
 
     def policy_obs(self, obs: Any) -> dict[str, np.ndarray]:
@@ -105,4 +107,9 @@ class RolloutEvaluator:
         """Trainer hook: evaluate, keep the per-episode record, return the scalar metrics."""
         result = self.run(policy, Path(run_dir) / "videos", tag=f"epoch{epoch:04d}_")
         write_json(Path(run_dir) / "eval" / f"epoch{epoch:04d}.json", result)
-        return {k: v for k, v in result.items() if k != "episodes"}
+        failed = [e for e in result["episodes"] if e["error"]]
+        if failed:
+            print(f"[fibpolicy] warning: {len(failed)} of {len(result['episodes'])} episodes failed at epoch {epoch} "
+                  f"(seed {failed[0]['seed']}: {failed[0]['error'][:300]})", flush=True)
+        metrics = {k: v for k, v in result.items() if k not in ("episodes", "seconds", "timing")}
+        return {**metrics, "eval/seconds": result["seconds"], **{f"eval/{k}": v for k, v in result["timing"].items()}}

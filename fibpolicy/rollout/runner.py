@@ -1,12 +1,17 @@
-"""Vectorised policy evaluation: subprocess environments, observation stacking, chunked actions, videos.
+"""Vectorised policy evaluation: vector environments, observation stacking, chunked actions, videos.
 
-Episodes run in rounds of ``n_envs`` on a gymnasium ``AsyncVectorEnv`` (one subprocess per env).
+Episodes run in rounds of ``n_envs`` on a gymnasium ``AsyncVectorEnv`` (``vector_env="async"``: one
+subprocess per env, for simulators that are slow or hold a GL context) or a ``SyncVectorEnv``
+(``"sync"``: every env in this process, for envs whose step costs less than the pipe round trip, such
+as PushT; a large ``n_envs`` then runs a whole protocol as one batch of policy calls).
 The policy is reset at the start of each round and asked for one action per env step through
 ``select_action(obs)``; its own time window decides how many observations it stacks and how many
 actions of a predicted chunk it executes. Each round runs up to ``max_steps``. An episode's score is its maximum reward; it succeeds when any step reports
 ``info["is_success"]``. An env that terminates keeps being stepped with the batch but its results are
 ignored. A worker that raises or dies is reported with its episode's seed; the rest of its round is
-run again in a fresh set of workers, so one bad episode neither hangs nor sinks the evaluation.
+run again in a fresh set of workers, so one bad episode neither hangs nor sinks the evaluation (an
+in-process env that raises fails its whole round, reported with the round's seeds). The result says
+where the time went: policy calls, env steps (IPC included), and filming.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tqdm.auto import tqdm
 from ..data.mp4 import write_mp4
 
 ObsTransform = Callable[[Any], dict[str, np.ndarray]]
+VECTOR_ENVS = ("async", "sync")
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,9 @@ class RolloutResult:
 
     episodes: list[EpisodeResult] = field(default_factory=list)
     seconds: float = 0.0
+    # Where ``seconds`` went: policy calls (observation transform included), env resets and steps (with
+    # the pipe round trips of subprocess envs), rendering and encoding videos.
+    timing: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """``<prefix>/mean_score``, ``<prefix>/success_rate`` and ``<prefix>/n_episodes`` for each split."""
@@ -70,7 +79,8 @@ class RolloutResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary with every episode."""
-        return {**self.metrics(), "seconds": self.seconds, "episodes": [asdict(e) for e in self.episodes]}
+        return {**self.metrics(), "seconds": self.seconds, "timing": dict(self.timing),
+                "episodes": [asdict(e) for e in self.episodes]}
 
 
 def _failed_workers(venv: gym.vector.AsyncVectorEnv, wait_s: float = 5.0) -> list[int]:
@@ -105,12 +115,15 @@ class RolloutRunner:
         max_steps: int = 300,
         video_dir: str | Path | None = None,
         fps: int = 10,
+        vector_env: str = "async",
         context: str = "spawn",
         step_timeout_s: float | None = 120.0,
         progress: bool = True,
     ) -> None:
         if n_envs < 1 or max_steps < 1:
             raise ValueError(f"n_envs and max_steps must be >= 1, got {n_envs} and {max_steps}")
+        if vector_env not in VECTOR_ENVS:
+            raise ValueError(f"vector_env must be one of {VECTOR_ENVS}, got {vector_env!r}")
         if not episodes:
             raise ValueError("no episodes to run")
         self.env_fn, self.episodes, self.obs_transform = env_fn, list(episodes), obs_transform
@@ -118,16 +131,26 @@ class RolloutRunner:
         self.max_steps = max_steps
         self.video_dir = Path(video_dir) if video_dir is not None else None
         self.fps, self.context, self.step_timeout_s, self.progress = fps, context, step_timeout_s, progress
+        self.vector_env = vector_env
+        self._timing: dict[str, float] = {}
 
-    def _vector_env(self) -> gym.vector.AsyncVectorEnv:
+    def _vector_env(self) -> gym.vector.VectorEnv:
+        if self.vector_env == "sync":
+            # SyncVectorEnv refuses to step a terminated env when autoreset is disabled; resetting it on its
+            # next step instead is harmless, since the runner ignores an env once its episode has ended.
+            return gym.vector.SyncVectorEnv([self.env_fn] * self.n_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         return gym.vector.AsyncVectorEnv(
             [self.env_fn] * self.n_envs, context=self.context, autoreset_mode=gym.vector.AutoresetMode.DISABLED
         )
+
+    def _timed(self, phase: str, start: float) -> None:
+        self._timing[phase] = self._timing.get(phase, 0.0) + time.perf_counter() - start
 
     @torch.no_grad()
     def run(self, policy: Any, *, tag: str = "") -> RolloutResult:
         """Run every episode with ``policy``; videos go to ``video_dir/<tag><prefix>_seed<seed>.mp4``."""
         start = time.time()
+        self._timing = {"policy_s": 0.0, "env_s": 0.0, "video_s": 0.0}
         results: dict[int, EpisodeResult] = {}
         pending = list(range(len(self.episodes)))
         bar = tqdm(total=len(pending), desc="rollouts", leave=False, disable=not self.progress)
@@ -140,7 +163,7 @@ class RolloutRunner:
                         results[idx] = res
                     bar.update(len(batch))
                 except Exception as err:  # a worker raised or died: report it, retry the rest
-                    failed = [i for i in _failed_workers(venv) if i < len(batch)] or list(range(len(batch)))
+                    failed = self._failed(venv, len(batch))
                     for i in failed:
                         spec = self.episodes[batch[i]]
                         results[batch[i]] = EpisodeResult(spec.seed, spec.prefix, error=f"{type(err).__name__}: {err}")
@@ -151,13 +174,20 @@ class RolloutRunner:
         finally:
             venv.close(terminate=True)
             bar.close()
-        return RolloutResult([results[i] for i in range(len(self.episodes))], time.time() - start)
+        return RolloutResult([results[i] for i in range(len(self.episodes))], time.time() - start, dict(self._timing))
+
+    def _failed(self, venv, n: int) -> list[int]:
+        if self.vector_env == "sync":  # the exception does not say which in-process env raised
+            return list(range(n))
+        return [i for i in _failed_workers(venv) if i < n] or list(range(n))
 
     def _run_round(self, venv, policy, specs: list[EpisodeSpec], tag: str) -> list[EpisodeResult]:
         n = len(specs)
         # Pad a short last round with copies of its first episode; their results are dropped.
         seeds = [s.seed for s in specs] + [specs[0].seed] * (self.n_envs - n)
+        tick = time.perf_counter()
         obs, _ = venv.reset(seed=seeds)
+        self._timed("env_s", tick)
         policy.reset()
         filming = [i for i, s in enumerate(specs) if s.record_video and self.video_dir is not None]
         frames: dict[int, list[np.ndarray]] = {i: [] for i in filming}
@@ -167,10 +197,17 @@ class RolloutRunner:
         done[n:] = True
         steps = 0
         while steps < self.max_steps and not done.all():
+            tick = time.perf_counter()
             policy_obs = {k: torch.as_tensor(v) for k, v in self.obs_transform(obs).items()}
             action = policy.select_action(policy_obs).detach().float().cpu().numpy()
-            venv.step_async(action)
-            obs, reward, terminated, truncated, info = venv.step_wait(timeout=self.step_timeout_s)
+            self._timed("policy_s", tick)
+            tick = time.perf_counter()
+            if self.vector_env == "sync":
+                obs, reward, terminated, truncated, info = venv.step(action)
+            else:
+                venv.step_async(action)
+                obs, reward, terminated, truncated, info = venv.step_wait(timeout=self.step_timeout_s)
+            self._timed("env_s", tick)
             steps += 1
             success = info.get("is_success", np.zeros(self.n_envs, dtype=bool))
             for i in np.flatnonzero(~done):
@@ -180,17 +217,25 @@ class RolloutRunner:
                 if terminated[i] or truncated[i]:
                     done[i] = True
             self._film(venv, {i: f for i, f in frames.items() if results[i].length == steps})
+        tick = time.perf_counter()
         for i, f in frames.items():
             name = f"{tag}{specs[i].prefix}_seed{specs[i].seed}.mp4"
             results[i].video = str(write_mp4(f, self.video_dir / name, fps=self.fps))
+        self._timed("video_s", tick)
         return results
 
-    @staticmethod
-    def _film(venv, frames: dict[int, list[np.ndarray]]) -> None:
-        if frames:
+    def _film(self, venv, frames: dict[int, list[np.ndarray]]) -> None:
+        if not frames:
+            return
+        tick = time.perf_counter()
+        if self.vector_env == "sync":  # render only the filmed envs (a vector call renders every one)
+            for i, f in frames.items():
+                f.append(np.asarray(venv.envs[i].render()))
+        else:
             rendered = venv.call("render")
             for i, f in frames.items():
                 f.append(np.asarray(rendered[i]))
+        self._timed("video_s", tick)
 
 
 def protocol_episodes(

@@ -62,3 +62,12 @@ def mean_across_ranks(value: float, info: DistInfo) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return t.item() / info.world_size
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when ``flag`` is true on any (so that all ranks take the same branch)."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([float(flag)], dtype=torch.float64, device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -31,7 +31,7 @@ RUN_ENTRIES = (*RUN_MARKERS, "tb", "videos", "train.log", ".hydra", "confusion_m
 # data, model, optimiser and batch of the steps to come (num_epochs / max_steps only extend or shorten it).
 SAFE_RESUME_KEYS = (
     "resume", "run_dir", "overwrite",
-    "training.trainer.num_epochs", "training.trainer.max_steps",
+    "training.trainer.num_epochs", "training.trainer.max_steps", "training.trainer.max_minutes",
     "training.trainer.progress", "training.trainer.log_every_steps", "training.trainer.val_every_epochs",
     "training.trainer.eval_every_epochs", "training.trainer.checkpoint_every_epochs",
     "training.trainer.checkpoint_every_steps", "training.trainer.topk",

@@ -29,7 +29,7 @@ from ..device import use_bf16
 from ..checkpoint import (
     CHECKPOINTS_DIR, TopKCheckpoints, find_resumable, latest_checkpoint, load_trainer_state, load_weights, save_resumable,
 )
-from .distributed import DistInfo, barrier, init_distributed, mean_across_ranks
+from .distributed import DistInfo, any_rank, barrier, init_distributed, mean_across_ranks
 from .logger import MetricsLogger
 from .optim import adamw
 from .sampler import ResumableSampler
@@ -109,6 +109,7 @@ class Trainer:
         lr_warmup_epochs: float | None = None,
         num_epochs: int = 1,
         max_steps: int | None = None,
+        max_minutes: float | None = None,
         batch_size: int = 64,
         val_batch_size: int | None = None,
         num_workers: int = 0,
@@ -135,12 +136,16 @@ class Trainer:
             raise ValueError("the training dataset is empty")
         if num_epochs < 1 or batch_size < 1:
             raise ValueError(f"num_epochs and batch_size must be >= 1, got {num_epochs} and {batch_size}")
+        if max_minutes is not None and not max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0 (or null for no time budget), got {max_minutes}")
         self.dist: DistInfo = init_distributed(device)
         self.device = self.dist.device
         self.model = model.to(self.device)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.run_dir = Path(run_dir)
         self.num_epochs, self.max_steps, self.batch_size = num_epochs, max_steps, batch_size
+        self.max_minutes = max_minutes
+        self._out_of_time = False
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers, self.grad_clip_norm, self.collate_fn = num_workers, grad_clip_norm, collate_fn
         self.precision = precision
@@ -170,6 +175,9 @@ class Trainer:
         self.topk = TopKCheckpoints(self.run_dir / CHECKPOINTS_DIR, k=topk)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best: dict[str, float] = {}
+        # Wall-clock seconds the run has trained (evaluations included), summed over resumed sessions.
+        self.elapsed_s = 0.0
+        self._clock_start: float | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -193,8 +201,16 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "best": dict(self.best),
+            "elapsed_s": self.wall_time_s,
             "rng": rng_state(),
         }
+
+    @property
+    def wall_time_s(self) -> float:
+        """Seconds this run has trained so far, across every resumed session."""
+        if self._clock_start is None:
+            return self.elapsed_s
+        return self.elapsed_s + time.time() - self._clock_start
 
     def _meta(self) -> dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
@@ -242,6 +258,7 @@ class Trainer:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best = dict(state["best"])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))  # absent in checkpoints written before it existed
         set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ loop
@@ -307,7 +324,12 @@ class Trainer:
             return dict(self.evaluator(model, self.epoch, self.run_dir))
 
     def _finished(self) -> bool:
-        return self.max_steps is not None and self.step >= self.max_steps
+        if self.max_steps is not None and self.step >= self.max_steps:
+            return True
+        if self.max_minutes is not None and not self._out_of_time:
+            # A wall-clock budget (evaluations included, summed over resumed sessions); the ranks agree.
+            self._out_of_time = any_rank(self.wall_time_s >= 60.0 * self.max_minutes, self.dist)
+        return self._out_of_time
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train until ``num_epochs`` (or ``max_steps``); returns the last epoch's metrics."""
@@ -315,16 +337,17 @@ class Trainer:
             self.resume()
             if self.epoch >= self.num_epochs or self._finished():
                 if self.dist.is_main:
+                    budget = " or training.trainer.max_minutes" if self.max_minutes is not None else ""
                     print(f"[fibpolicy] the run in {self.run_dir} is already finished (step {self.step}, epoch "
-                          f"{self.epoch} of {self.num_epochs}); nothing to train. Raise training.trainer.num_epochs "
-                          "to continue it.", flush=True)
+                          f"{self.epoch} of {self.num_epochs}, {self.wall_time_s / 60:.1f} min); nothing to train. "
+                          f"Raise training.trainer.num_epochs{budget} to continue it.", flush=True)
                 return {"epoch": self.epoch, "step": self.step, "already_finished": True}
         # On resume, rows a killed run logged after its last checkpoint are dropped (they are logged again).
         logger = MetricsLogger(self.run_dir, resume_step=self.step if resume else None) if self.dist.is_main else None
         self.model.train()
         last: dict[str, Any] = {}
         window: list[float] = []
-        start_time = time.time()
+        self._clock_start = time.time()
         # One bar for the whole run: its total is the number of steps the run will take.
         bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), disable=not self.progress,
                    unit="step", dynamic_ncols=True)
@@ -352,15 +375,16 @@ class Trainer:
                 if epoch_done:
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                last = self._end_of_epoch(logger, final=self.epoch >= self.num_epochs or self._finished(), start_time=start_time)
+                last = self._end_of_epoch(logger, final=self.epoch >= self.num_epochs or self._finished())
         finally:
+            self.elapsed_s, self._clock_start = self.wall_time_s, None
             bar.close()
             if logger is not None:
                 logger.close()
         return last
 
-    def _end_of_epoch(self, logger: MetricsLogger | None, *, final: bool, start_time: float) -> dict[str, Any]:
-        metrics: dict[str, Any] = {"epoch": self.epoch, "wall_time_s": time.time() - start_time}
+    def _end_of_epoch(self, logger: MetricsLogger | None, *, final: bool) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"epoch": self.epoch, "wall_time_s": self.wall_time_s}
         if final or self.epoch % self.val_every_epochs == 0:
             metrics.update(self.validate())
         if final or self.epoch % self.eval_every_epochs == 0:
@@ -373,6 +397,10 @@ class Trainer:
                 )
             metrics.update(evaluated)
         score = metrics.get(self.monitor)
+        if score is not None and not math.isfinite(score):
+            # An evaluation whose episodes all failed: no score to rank a checkpoint by.
+            print(f"[fibpolicy] warning: {self.monitor} is {score} at epoch {self.epoch}; no top-k checkpoint kept", flush=True)
+            score = None
         if score is not None:
             self.best[self.monitor] = max(score, self.best.get(self.monitor, float("-inf")))
             metrics[f"best/{self.monitor}"] = self.best[self.monitor]

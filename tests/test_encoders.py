@@ -108,6 +108,8 @@ def test_token_grid_keeps_raster_order():
     assert grid.shape == (2, 192, 6, 6)
     tokens = enc.vit.forward_features(images)
     torch.testing.assert_close(grid[:, :, 1, 2], tokens[:, 1 + 1 * 6 + 2])
+    timm_grid = enc.vit.forward_intermediates(images, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[-1]
+    torch.testing.assert_close(grid, timm_grid)  # the same grid timm's own intermediates API gives
 
 
 def test_feature_encoder_errors():

@@ -10,8 +10,8 @@ the final feature map as (B, C, H', W'). Pooling (``POOLS``):
 - ``spatial_softmax``: ``num_keypoints`` soft-argmax (x, y) positions over the token grid, as the
   ResNet reference's head does; unlike the mean it keeps where things are in the image.
 
-ViTs pool with timm's own head (``global_pool``) where timm has the pooling, and give the grid through
-``forward_intermediates``; convolutional models pool their ``forward_features`` map.
+ViTs pool with timm's own head (``global_pool``) where timm has the pooling, and give the grid as their
+``forward_features`` patch tokens in raster order; convolutional models pool their ``forward_features`` map.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class ViTFeatureEncoder(nn.Module):
     def token_grid(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images -> normed patch tokens as a (B, embed_dim, H / patch, W / patch) grid."""
         _check_images(images)
-        return self.vit.forward_intermediates(images, indices=1, norm=True, output_fmt="NCHW", intermediates_only=True)[-1]
+        return self._grid(self.vit.forward_features(images), images)
 
 
 class ConvFeatureEncoder(nn.Module):

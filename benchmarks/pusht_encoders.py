@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fibpolicy.atomic import write_json, write_text  # noqa: E402
-from fibpolicy.plot import plot_runs, read_metrics  # noqa: E402
+from fibpolicy.plot import evaluation_rows, evaluation_table, plot_runs  # noqa: E402
 
 ARMS: dict[str, list[str]] = {
     "fib": [],
@@ -45,42 +45,10 @@ def run_arm(name: str, out: Path, minutes: float, extra: list[str]) -> int:
     return subprocess.call([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT)
 
 
-def checkpoints(run_dir: Path, batch_size: int) -> list[dict]:
-    """One row per evaluation of a run: steps, minutes, samples/s so far, test and train scores."""
-    rows = []
-    for row in read_metrics(run_dir):
-        if "test/mean_score" not in row or "wall_time_s" not in row:
-            continue
-        minutes = row["wall_time_s"] / 60.0
-        rows.append({
-            "step": row["step"], "epoch": row.get("epoch"), "minutes": minutes,
-            "samples_s": row["step"] * batch_size / max(row["wall_time_s"], 1e-9),
-            "test": row["test/mean_score"], "success": row.get("test/success_rate"),
-            "train": row.get("train/mean_score"), "eval_s": row.get("eval/seconds"),
-        })
-    return rows
-
-
-def _batch_size(run_dir: Path) -> int:
-    from omegaconf import OmegaConf
-
-    return int(OmegaConf.load(run_dir / "config.yaml").training.trainer.batch_size)
-
-
-def _cell(value: float | None, fmt: str) -> str:
-    return "" if value is None else format(value, fmt)
-
-
 def report(out: Path, arms: list[str]) -> str:
     """The Markdown table of every arm that has a run; writes it, its JSON and the PNG into ``out``."""
-    lines = ["| arm | step | epoch | minutes | samples/s | test mean score | test success | train mean score | eval s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    found = {name: checkpoints(out / name, _batch_size(out / name)) for name in arms if (out / name / "config.yaml").exists()}
-    for name, rows in found.items():
-        for r in rows:
-            lines.append(f"| {name} | {r['step']} | {r['epoch']} | {r['minutes']:.1f} | {r['samples_s']:.0f} | "
-                         f"{r['test']:.3f} | {_cell(r['success'], '.2f')} | {_cell(r['train'], '.3f')} | {_cell(r['eval_s'], '.0f')} |")
-    table = "\n".join(lines)
+    found = {name: evaluation_rows(out / name) for name in arms if (out / name / "config.yaml").exists()}
+    table = evaluation_table([out / n for n in found], list(found)).replace("| run |", "| arm |", 1)
     if found:
         png = plot_runs([out / n for n in found], out / "pusht_encoders.png", labels=list(found),
                         title="PushT from pixels: encoder study (one seed, 50 test episodes)")

@@ -3,11 +3,14 @@
     python -m fibpolicy.plot runs/<run> [runs/<other> ...] --out curves.png
     python -m fibpolicy.plot runs/a runs/b --labels fib dense --metric test/success_rate --out cmp.png
     python -m fibpolicy.plot --frames runs/<run>/videos/<episode>.mp4 --out rollout.png   # a frame grid
+    python -m fibpolicy.plot runs/<run> [runs/<other> ...] --table   # a Markdown row per evaluation
 
 Four panels, one line per run: train loss and validation loss against optimisation steps, and the
 evaluation metric (default ``test/mean_score``) against steps and against wall-clock minutes (the
 run's cumulative ``wall_time_s``, which survives ``resume=true``). A run that never logged a key is
-simply absent from that panel. ``--frames`` instead tiles evenly spaced frames of a rollout video.
+simply absent from that panel. ``--frames`` instead tiles evenly spaced frames of a rollout video;
+``--table`` prints, per evaluation: step, epoch, minutes, samples/s so far, test and train scores,
+test success and the evaluation's seconds.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 from .atomic import atomic_path
 
-__all__ = ["frame_grid", "main", "plot_runs", "read_metrics", "series"]
+__all__ = ["evaluation_rows", "evaluation_table", "frame_grid", "main", "plot_runs", "read_metrics", "series"]
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -50,6 +53,44 @@ def series(rows: Sequence[dict[str, Any]], key: str, x: str = "step") -> tuple[l
             xs.append(at / 60.0 if x == "minutes" else float(at))
             ys.append(float(value))
     return xs, ys
+
+
+def evaluation_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """One dict per evaluation of a run: step, epoch, minutes, samples/s so far, test/train scores, eval seconds."""
+    from omegaconf import OmegaConf
+
+    batch_size = int(OmegaConf.load(Path(run_dir) / "config.yaml").training.trainer.batch_size)
+    rows = []
+    for row in read_metrics(run_dir):
+        if "test/mean_score" not in row or "wall_time_s" not in row:
+            continue
+        rows.append({
+            "step": row["step"], "epoch": row.get("epoch"), "minutes": row["wall_time_s"] / 60.0,
+            "samples_s": row["step"] * batch_size / max(row["wall_time_s"], 1e-9),
+            "test": row["test/mean_score"], "success": row.get("test/success_rate"),
+            "train": row.get("train/mean_score"), "train_success": row.get("train/success_rate"),
+            "eval_s": row.get("eval/seconds"),
+        })
+    return rows
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def evaluation_table(runs: Sequence[str | Path], labels: Sequence[str] | None = None) -> str:
+    """A Markdown table with a row per evaluation of each run (``evaluation_rows``)."""
+    labels = list(labels) if labels is not None else [Path(r).name for r in runs]
+    if len(labels) != len(runs):
+        raise ValueError(f"{len(runs)} runs but {len(labels)} labels")
+    lines = ["| run | step | epoch | minutes | samples/s | test mean score | test success | train mean score | train success | eval s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, run in zip(labels, runs):
+        for r in evaluation_rows(run):
+            lines.append(f"| {label} | {r['step']} | {r['epoch']} | {r['minutes']:.1f} | {r['samples_s']:.0f} | {r['test']:.3f} | "
+                         f"{_cell(r['success'], '.2f')} | {_cell(r['train'], '.3f')} | {_cell(r['train_success'], '.2f')} | "
+                         f"{_cell(r['eval_s'], '.0f')} |")
+    return "\n".join(lines)
 
 
 def _pyplot():
@@ -147,12 +188,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--title", default=None)
     parser.add_argument("--frames", default=None, metavar="VIDEO", help="draw a frame grid of this rollout mp4 instead")
     parser.add_argument("--n-frames", type=int, default=8)
+    parser.add_argument("--table", action="store_true", help="print a Markdown table of the runs' evaluations instead")
     args = parser.parse_args(argv)
     if bool(args.runs) == bool(args.frames):
         parser.error("give run directories, or --frames VIDEO (not both)")
     from .cli import user_errors
 
     with user_errors():
+        if args.table:
+            if not args.runs:
+                parser.error("--table needs run directories")
+            print(evaluation_table(args.runs, args.labels))
+            return
         if args.frames:
             path = frame_grid(args.frames, args.out, n_frames=args.n_frames, title=args.title)
         else:

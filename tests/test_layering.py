@@ -17,6 +17,7 @@ FORBIDDEN = {
     "fibpolicy.shape_meta": ("fibpolicy.",),
     "fibpolicy.atomic": ("fibpolicy.",),
     "fibpolicy.device": ("fibpolicy.",),
+    "fibpolicy.rotation": ("fibpolicy.",),
     "envs": ("fibpolicy",),
 }
 # The one exception: envs write their files (demo stores) through the project's one atomic-write helper,

@@ -59,3 +59,13 @@ def test_frame_grid_tiles_a_rollout_video(tmp_path):
         main(["--frames", str(video), str(tmp_path), "--out", str(tmp_path / "x.png")])  # both: refused
     with pytest.raises(SystemExit):
         main(["--frames", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "x.png")])
+
+
+def test_table_has_a_row_per_evaluation_with_samples_per_second(tmp_path, capsys):
+    run = _run(tmp_path, "a", [0.1, 0.4])
+    (run / "config.yaml").write_text("training:\n  trainer:\n    batch_size: 64\n")
+    main([str(run), "--table", "--labels", "lift"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| run | step | epoch | minutes | samples/s | test mean score")
+    # step 200 after 120 s at batch 64: 106.7 samples/s
+    assert lines[2:] == ["| lift | 100 | 0 | 1.0 | 107 | 0.100 |  |  |  |  |", "| lift | 200 | 1 | 2.0 | 107 | 0.400 |  |  |  |  |"]

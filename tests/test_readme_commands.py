@@ -35,6 +35,8 @@ UNET = ["policy.down_dims=[16,32,64]", "policy.diffusion_step_embed_dim=16", "po
 DEMOS = ["task.prepare.source.episodes=2"]
 ONE_BLOCK = ["++encoder.depth=1"]  # ++: the default encoder config sets a depth, vit_fib_tiny does not
 POLICY_RUN = DEMOS + UNET + TRAIN + EVAL + QUIET
+# Two scripted demos (one validation), recorded in one process, and the policy run's sizes.
+ROBOMIMIC = ["task.robomimic.demos=2", "task.prepare.generate.workers=1", "task.dataset.val_ratio=0.5"] + UNET + TRAIN + EVAL + QUIET
 SMOKE = ONE_BLOCK + ["training.trainer.progress=false", "task.evaluator.progress=false", "+task.prepare.progress=false"]
 
 # README command -> the overrides that shrink it.
@@ -49,6 +51,10 @@ CASES: dict[str, list[str]] = {
     "python train.py experiment=pusht_lowdim": POLICY_RUN,
     "python train.py policy=diffusion_unet_crossway": POLICY_RUN + ONE_BLOCK,
     "python -m fibpolicy.plot runs/<run> --out curves.png": [],
+    "python train.py task=lift_lowdim": ROBOMIMIC,
+    "python train.py task=can_lowdim": ROBOMIMIC,
+    "python train.py task=lift_image": ROBOMIMIC + ONE_BLOCK,
+    "python train.py task=can_image": ROBOMIMIC + ONE_BLOCK,
     "python train.py encoder=resnet18_gn": POLICY_RUN,
     "python train.py task.dataset.zarr_path=/path/pusht_cchi_v7_replay.zarr": POLICY_RUN + ONE_BLOCK,
     "python train.py resume=true run_dir=runs/<run>": POLICY_RUN + ONE_BLOCK + ["training.trainer.max_steps=4"],
@@ -319,3 +325,24 @@ def test_robomimic_demos_command(dirs):
 
     with h5py.File(out) as f:
         assert f["data"].attrs["total"] == len(f["data/demo_0/actions"]) and "actions_abs" in f["data/demo_0"]
+
+
+@pytest.mark.parametrize("task", ["lift_lowdim", "lift_image", "can_lowdim", "can_image"])
+def test_robomimic_tasks_train_and_eval_scores_them(dirs, task):
+    """Each robomimic task records its demos (once per task: low-dim and image share the HDF5 file),
+    caches them, trains, evaluates by the protocol, and eval.py re-scores the checkpoint."""
+    base, env = dirs
+    run_dir, res = _train(f"python train.py task={task}", dirs)
+    robot = task.split("_")[0]
+    assert (base / "data" / f"{robot}_expert_2.hdf5").is_file()
+    cached = "image_abs" if task.endswith("image") else "lowdim_abs"
+    assert (base / "data" / f"{robot}_expert_2.{cached}.zarr").is_dir()
+    logged = json.loads((run_dir / "eval" / "epoch0000.json").read_text())
+    assert [(e["prefix"], e["seed"]) for e in logged["episodes"]] == [("train", 0), ("test", 100000)]
+    assert 0 < logged["memory"]["env_uss_mb_mean"] <= logged["memory"]["env_rss_mb_max"]
+    assert (run_dir / "videos" / "epoch0000_train_seed0.mp4").stat().st_size > 0  # agentview video
+    res = run("python eval.py checkpoint=runs/<run>", env, {"runs/<run>": str(run_dir)})
+    out = Path(re.search(r"-> (\S+)/eval\.json", res.stdout).group(1))
+    record = json.loads((out / "eval.json").read_text())
+    assert record["protocol"]["max_steps"] == 8 and record["n_episodes"] == 1
+    assert record["mean_score"] == logged["test/mean_score"] and record["train/mean_score"] == logged["train/mean_score"]

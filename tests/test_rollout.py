@@ -157,3 +157,88 @@ def test_an_in_process_env_that_raises_fails_its_round_with_the_seeds():
     by_seed = {e.seed: e for e in runner.run(DriftPolicy()).episodes}
     assert "simulator exploded" in by_seed[13].error and "simulator exploded" in by_seed[11].error
     assert by_seed[17].error is None and by_seed[17].length == 8
+
+
+class StartsFromOptions(PushTEnv):
+    """``reset(options={"agent": [x, y]})`` puts the agent there (a stored start state); seeds place it as usual."""
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed)
+        if options:
+            obs = {**obs, "agent_pos": np.asarray(options["agent"], dtype=obs["agent_pos"].dtype)}
+            self._forced = np.asarray(options["agent"], dtype=np.float64)
+        else:
+            self._forced = None
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self._forced is not None:  # score the start the options gave: 1 when the agent began at (50, 50)
+            reward = float(np.allclose(self._forced, [50, 50]))
+        return obs, reward, terminated, truncated, info
+
+
+class FirstObs(DriftPolicy):
+    """Records the first agent position each env showed after a reset."""
+
+    def __init__(self):
+        self.first = []
+
+    def reset(self):
+        super().reset()
+        self.fresh = True
+
+    def select_action(self, obs):
+        if self.fresh:
+            self.first.append(obs["agent_pos"].numpy().copy())
+            self.fresh = False
+        return super().select_action(obs)
+
+
+@pytest.mark.parametrize("vector_env", ["async", "sync"])
+def test_episodes_with_reset_options_start_from_them_and_the_others_from_their_seeds(vector_env):
+    episodes = protocol_episodes(2, 2, n_train_videos=0, n_test_videos=0,
+                                 train_options=[{"agent": [50.0, 50.0]}, {"agent": [400.0, 60.0]}])
+    assert [e.options for e in episodes] == [{"agent": [50.0, 50.0]}, {"agent": [400.0, 60.0]}, None, None]
+    runner = RolloutRunner(partial(StartsFromOptions, obs_type="pixels_agent_pos"), episodes, obs_transform=identity,
+                           n_envs=3, max_steps=4, progress=False, vector_env=vector_env, context="fork")
+    policy = FirstObs()
+    result = runner.run(policy)
+    first_round = policy.first[0]
+    np.testing.assert_array_equal(first_round[0], [50, 50])
+    np.testing.assert_array_equal(first_round[1], [400, 60])
+    seeded, _ = PushTEnv(obs_type="pixels_agent_pos").reset(seed=100000)
+    np.testing.assert_allclose(first_round[2], seeded["agent_pos"])  # the plain episode kept its seed
+    scores = [e.score for e in result.episodes]
+    assert scores[0] == 1.0 and scores[1] == 0.0
+    with pytest.raises(ValueError, match="2 train episodes need as many reset options"):
+        protocol_episodes(2, 1, train_options=[{"agent": [1, 2]}])
+
+
+def test_action_map_is_applied_to_the_policy_actions():
+    seen = []
+
+    def action_map(a):
+        seen.append(a.shape)
+        return np.full_like(a, 256.0)
+
+    runner = RolloutRunner(partial(PushTEnv, obs_type="pixels_agent_pos"), [EpisodeSpec(5)], obs_transform=identity,
+                           n_envs=1, max_steps=3, progress=False, vector_env="sync", action_map=action_map)
+    runner.run(DriftPolicy())
+    assert seen == [(1, 2)] * 3
+
+
+def test_kept_workers_serve_the_next_run_and_close_ends_them():
+    episodes = [EpisodeSpec(s) for s in (11, 13)]
+    runner = RolloutRunner(partial(PushTEnv, obs_type="pixels_agent_pos"), episodes, obs_transform=identity,
+                           n_envs=2, max_steps=3, progress=False, context="fork", keep_workers=True)
+    first = runner.run(DriftPolicy())
+    pids = [p.pid for p in runner._venv.processes]
+    assert all(p.is_alive() for p in runner._venv.processes)
+    second = runner.run(DriftPolicy())
+    assert [p.pid for p in runner._venv.processes] == pids  # the same workers
+    assert [e.score for e in first.episodes] == [e.score for e in second.episodes]  # and the same episodes
+    assert second.memory["env_uss_mb_mean"] > 0
+    procs = runner._venv.processes
+    runner.close()
+    assert runner._venv is None and not any(p.is_alive() for p in procs)

@@ -264,7 +264,7 @@ def generate_demos(
     out: str | os.PathLike,
     episodes: int,
     seed_start: int = 0,
-    workers: int = 1,
+    workers: int | None = 1,
     keep_failed: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -276,8 +276,8 @@ def generate_demos(
 ) -> dict[str, Any]:
     """Record ``episodes`` expert demos from seeds ``seed_start, …`` into a robomimic HDF5 file at ``out``.
 
-    Only successful episodes are written unless ``keep_failed``. Returns a summary (episodes written,
-    success rate, mean length, samples, seconds, seconds per demo, path).
+    Only successful episodes are written unless ``keep_failed``; ``workers=None`` uses every core.
+    Returns a summary (episodes written, success rate, mean length, samples, seconds, seconds per demo, path).
     """
     import h5py
 
@@ -285,6 +285,8 @@ def generate_demos(
     from fibpolicy.atomic import atomic_path
 
     task = check_task(task)
+    if workers is None:  # the machine's cores
+        workers = os.cpu_count() or 1
     if episodes < 1:
         raise ValueError(f"generate_demos: episodes must be >= 1, got {episodes}")
     if workers < 1:

@@ -172,7 +172,8 @@ class RobomimicEnv(gym.Env):
       ``reset(options={"state": flat_state, "model": xml})`` starts from a stored state (the model XML
       is optional and rebuilds the scene, e.g. Lift's cube size). ``hard_reset`` is off.
     - ``info["is_success"]`` is robosuite's ``_check_success()``; the reward is the sparse task reward.
-      Episodes never terminate (as in robomimic) unless ``terminate_on_success``.
+      Episodes never terminate (as in robomimic) unless ``terminate_on_success``; a terminated episode
+      is frozen until the next reset (steps repeat its last transition without simulating).
     - ``render_quality="fast"`` (default) renders without offscreen multisampling and reflections
       (several times faster on a CPU, small pixel differences, see docs/robomimic.md); ``"reference"``
       keeps MuJoCo's defaults.
@@ -277,6 +278,7 @@ class RobomimicEnv(gym.Env):
             self.action_space = spaces.Box(low, high, dtype=np.float64)
         self.state_dim = int(self.rs_env.sim.get_state().flatten().shape[0])
         self._elapsed = 0
+        self._final: tuple | None = None  # the terminating transition, repeated until the next reset
 
     # -- gymnasium API -------------------------------------------------------------------------
 
@@ -321,6 +323,7 @@ class RobomimicEnv(gym.Env):
             self.rm_env.reset()
         self._sync_controller()
         self._elapsed = 0
+        self._final = None
         return self._select(self._observe()), self._info()
 
     def _sync_controller(self) -> None:
@@ -334,15 +337,25 @@ class RobomimicEnv(gym.Env):
         self.robot.controller.update(force=True)
 
     def step(self, action: Any) -> tuple[dict, float, bool, bool, dict]:
-        """Apply one 20 Hz control step (25 physics steps)."""
+        """Apply one 20 Hz control step (25 physics steps).
+
+        Once an episode has terminated (``terminate_on_success``), further steps until the next reset
+        simulate nothing and repeat its last transition: a vector env that keeps stepping a finished
+        episode alongside running ones then costs almost nothing for it.
+        """
         act = self._check_action(action)
+        if self._final is not None:
+            return self._final
         self._make_current()
         register_rgb_keys(self.image_keys)
         obs, reward, _, _ = self.rm_env.step(act)
         self._elapsed += 1
         info = self._info()
         terminated = bool(self.terminate_on_success and info["is_success"])
-        return self._select(obs), float(reward), terminated, False, info
+        result = (self._select(obs), float(reward), terminated, False, info)
+        if terminated:
+            self._final = result
+        return result
 
     def render(self) -> np.ndarray | None:
         """The ``agentview`` camera at ``video_size`` (uint8 HWC, upright)."""

@@ -1,11 +1,13 @@
-"""Data: zarr replay buffer (one reader, one writer), demonstration recording, sequence sampler, the generic
-sequence dataset driven by a task's shape_meta; image and video classification datasets."""
+"""Data: zarr replay buffer (one reader, one writer), demonstration recording, the robomimic HDF5 -> zarr
+cache, sequence sampler, the generic sequence dataset driven by a task's shape_meta; image and video
+classification datasets."""
 
 from .dataset import SequenceDataset
 from .image_datasets import CIFARDataset, DigitsDataset, ImageFolderDataset, load_digits, read_cifar, stratified_split
 from .moving_shapes import MovingShapesDataset, moving_shapes_classes, render_moving_shape, write_moving_shapes
 from .mp4 import read_mp4, write_mp4
 from .recording import ensure_demos, record_demos
+from .robomimic import convert_robomimic, ensure_robomimic_cache, initial_states
 from .replay_buffer import ArraySpec, ReplayBuffer, ReplayBufferError, ReplayBufferWriter, write_replay_buffer
 from .sampler import SequenceSampler, create_indices, downsample_mask, get_val_mask, split_episodes
 from .video_datasets import VideoClipTransform, VideoDecodeError, VideoListDataset, decode_frames, probe_video, read_video_list
@@ -24,9 +26,12 @@ __all__ = [
     "VideoClipTransform",
     "VideoDecodeError",
     "VideoListDataset",
+    "convert_robomimic",
     "create_indices",
     "decode_frames",
     "ensure_demos",
+    "ensure_robomimic_cache",
+    "initial_states",
     "downsample_mask",
     "get_val_mask",
     "load_digits",

@@ -62,7 +62,12 @@ def evaluate_checkpoint(
         )
     evaluator = instantiate(evaluator_cfg, _convert_="all")
     output_dir = Path(output_dir)
-    result = evaluator.run(policy, output_dir / "videos")
+    try:
+        result = evaluator.run(policy, output_dir / "videos")
+    finally:
+        close = getattr(evaluator, "close", None)
+        if close is not None:  # env workers kept between evaluations (keep_workers)
+            close()
     test = [e for e in result["episodes"] if e["prefix"] == "test"]
     record = {
         "checkpoint": str(path.resolve()),

@@ -10,11 +10,13 @@ optionally sliced along the flattened feature axis). For PushT from images::
 and from keypoints (the env gives one 40-d vector)::
 
     obs_map: {keypoint: "obs[:18]", state: "obs[18:20]"}
+
+Without ``obs_map`` the env's observation keys are the store keys (robomimic: both are robomimic's names).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +59,17 @@ class RolloutEvaluator:
     ``eval.py`` reproduces the score the training run logged for it (the trainer evaluates under a
     forked RNG, so this does not touch the training stream). ``vector_env``: ``"async"`` (one subprocess
     per env) or ``"sync"`` (all ``n_envs`` in this process; see ``RolloutRunner``).
+    ``train_reset_options``: one reset-options dict per train episode (robomimic: the first states of
+    demos 0-5) instead of seeds. ``action_map``: policy actions -> env actions (robomimic: rotation-6d
+    -> axis-angle, ``fibpolicy.rotation.rot6d_action_to_abs``). ``keep_workers``: subprocess envs live
+    from one evaluation to the next (``close()`` ends them) instead of being started for each.
     """
 
     def __init__(
         self,
         env: Callable[[], gym.Env],
         shape_meta: Mapping[str, Any] | ShapeMeta,
-        obs_map: Mapping[str, str],
+        obs_map: Mapping[str, str] | None = None,
         n_train: int = 6,
         n_test: int = 50,
         train_seed_start: int = 0,
@@ -76,11 +82,18 @@ class RolloutEvaluator:
         fps: int = 10,
         seed: int = 0,
         progress: bool = True,
+        train_reset_options: Sequence[Mapping[str, Any]] | None = None,
+        action_map: Callable[[np.ndarray], np.ndarray] | None = None,
+        keep_workers: bool = False,
     ) -> None:
         if not callable(env):
             raise TypeError(f"env must be a zero-argument env factory, got {type(env).__name__}")
+        if action_map is not None and not callable(action_map):
+            raise TypeError(f"action_map must be a function of the policy's actions, got {type(action_map).__name__}")
         self.env_fn = env
         self.shape_meta = ShapeMeta(shape_meta)
+        if obs_map is None:  # the env's observation keys are the store keys
+            obs_map = {k: k for k in self.shape_meta.obs_store_keys()}
         self.obs_map = {str(k): Source.parse(v, where=f"obs_map {k}") for k, v in obs_map.items()}
         missing = [k for k in self.shape_meta.obs_store_keys() if k not in self.obs_map]
         if missing:
@@ -88,9 +101,11 @@ class RolloutEvaluator:
                              f"(it maps {sorted(self.obs_map)})")
         self.episodes = protocol_episodes(
             n_train, n_test, train_seed_start=train_seed_start, test_seed_start=test_seed_start,
-            n_train_videos=n_train_videos, n_test_videos=n_test_videos,
+            n_train_videos=n_train_videos, n_test_videos=n_test_videos, train_options=train_reset_options,
         )
-        self.runner_kwargs = dict(n_envs=n_envs, vector_env=vector_env, max_steps=max_steps, fps=fps, progress=progress)
+        self.runner_kwargs = dict(n_envs=n_envs, vector_env=vector_env, max_steps=max_steps, fps=fps, progress=progress,
+                                  action_map=action_map, keep_workers=keep_workers)
+        self._runner: RolloutRunner | None = None
         self.seed = int(seed)
 
     def policy_obs(self, obs: Any) -> dict[str, np.ndarray]:
@@ -99,9 +114,16 @@ class RolloutEvaluator:
 
     def run(self, policy: Any, video_dir: Path | None, tag: str = "") -> dict[str, Any]:
         """Roll out ``policy`` on every protocol episode; returns metrics and per-episode results."""
-        runner = RolloutRunner(self.env_fn, self.episodes, obs_transform=self.policy_obs, video_dir=video_dir, **self.runner_kwargs)
+        if self._runner is None:
+            self._runner = RolloutRunner(self.env_fn, self.episodes, obs_transform=self.policy_obs, **self.runner_kwargs)
+        self._runner.video_dir = Path(video_dir) if video_dir is not None else None
         torch.manual_seed(self.seed)
-        return runner.run(policy, tag=tag).to_dict()
+        return self._runner.run(policy, tag=tag).to_dict()
+
+    def close(self) -> None:
+        """End the env workers kept between evaluations (``keep_workers``)."""
+        if self._runner is not None:
+            self._runner.close()
 
     def __call__(self, policy: nn.Module, epoch: int, run_dir: Path) -> dict[str, Any]:
         """Trainer hook: evaluate, keep the per-episode record, return the scalar metrics."""
@@ -111,5 +133,6 @@ class RolloutEvaluator:
         if failed:
             print(f"[fibpolicy] warning: {len(failed)} of {len(result['episodes'])} episodes failed at epoch {epoch} "
                   f"(seed {failed[0]['seed']}: {failed[0]['error'][:300]})", flush=True)
-        metrics = {k: v for k, v in result.items() if k not in ("episodes", "seconds", "timing")}
-        return {**metrics, "eval/seconds": result["seconds"], **{f"eval/{k}": v for k, v in result["timing"].items()}}
+        metrics = {k: v for k, v in result.items() if k not in ("episodes", "seconds", "timing", "memory")}
+        return {**metrics, "eval/seconds": result["seconds"],
+                **{f"eval/{k}": v for k, v in (*result["timing"].items(), *result["memory"].items())}}

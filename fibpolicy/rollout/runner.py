@@ -10,8 +10,10 @@ actions of a predicted chunk it executes. Each round runs up to ``max_steps``. A
 ``info["is_success"]``. An env that terminates keeps being stepped with the batch but its results are
 ignored. A worker that raises or dies is reported with its episode's seed; the rest of its round is
 run again in a fresh set of workers, so one bad episode neither hangs nor sinks the evaluation (an
-in-process env that raises fails its whole round, reported with the round's seeds). The result says
-where the time went: policy calls, env steps (IPC included), and filming.
+in-process env that raises fails its whole round, reported with the round's seeds). An episode may carry
+reset options (a stored start state) instead of relying on its seed alone, and ``action_map`` turns the
+policy's actions into the env's (e.g. rotation-6d into axis-angle). The result says where the time went
+(policy calls, env steps with IPC, filming) and how much memory each subprocess env holds.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -39,6 +41,9 @@ class EpisodeSpec:
     seed: int
     prefix: str = "test"
     record_video: bool = False
+    # Reset options for this episode instead of its seed alone, e.g. ``{"state": flat_state}`` to start
+    # from a demonstration's first state (the reference's train inits on robomimic).
+    options: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -63,6 +68,9 @@ class RolloutResult:
     # Where ``seconds`` went: policy calls (observation transform included), env resets and steps (with
     # the pipe round trips of subprocess envs), rendering and encoding videos.
     timing: dict[str, float] = field(default_factory=dict)
+    # Memory of the env worker processes (subprocess envs only), MB, mean and max over workers: resident
+    # (RSS, shared libraries included) and unique (USS, what one more worker costs).
+    memory: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """``<prefix>/mean_score``, ``<prefix>/success_rate`` and ``<prefix>/n_episodes`` for each split."""
@@ -79,7 +87,7 @@ class RolloutResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary with every episode."""
-        return {**self.metrics(), "seconds": self.seconds, "timing": dict(self.timing),
+        return {**self.metrics(), "seconds": self.seconds, "timing": dict(self.timing), "memory": dict(self.memory),
                 "episodes": [asdict(e) for e in self.episodes]}
 
 
@@ -111,6 +119,7 @@ class RolloutRunner:
         episodes: Sequence[EpisodeSpec],
         *,
         obs_transform: ObsTransform,
+        action_map: Callable[[np.ndarray], np.ndarray] | None = None,
         n_envs: int = 8,
         max_steps: int = 300,
         video_dir: str | Path | None = None,
@@ -119,6 +128,7 @@ class RolloutRunner:
         context: str = "spawn",
         step_timeout_s: float | None = 120.0,
         progress: bool = True,
+        keep_workers: bool = False,
     ) -> None:
         if n_envs < 1 or max_steps < 1:
             raise ValueError(f"n_envs and max_steps must be >= 1, got {n_envs} and {max_steps}")
@@ -127,11 +137,16 @@ class RolloutRunner:
         if not episodes:
             raise ValueError("no episodes to run")
         self.env_fn, self.episodes, self.obs_transform = env_fn, list(episodes), obs_transform
+        self.action_map = action_map
         self.n_envs = min(n_envs, len(self.episodes))
         self.max_steps = max_steps
         self.video_dir = Path(video_dir) if video_dir is not None else None
         self.fps, self.context, self.step_timeout_s, self.progress = fps, context, step_timeout_s, progress
         self.vector_env = vector_env
+        # Subprocess envs kept alive between runs (``close()`` ends them): starting a worker that imports
+        # a simulator stack costs seconds of CPU each, once per run otherwise.
+        self.keep_workers = keep_workers
+        self._venv: gym.vector.VectorEnv | None = None
         self._timing: dict[str, float] = {}
 
     def _vector_env(self) -> gym.vector.VectorEnv:
@@ -151,10 +166,13 @@ class RolloutRunner:
         """Run every episode with ``policy``; videos go to ``video_dir/<tag><prefix>_seed<seed>.mp4``."""
         start = time.time()
         self._timing = {"policy_s": 0.0, "env_s": 0.0, "video_s": 0.0}
+        self._memory: list[dict[str, float]] = []
+        self._measured: set[int] = set()
         results: dict[int, EpisodeResult] = {}
         pending = list(range(len(self.episodes)))
         bar = tqdm(total=len(pending), desc="rollouts", leave=False, disable=not self.progress)
-        venv = self._vector_env()
+        venv, self._venv = (self._venv or self._vector_env()), None
+        completed = False
         try:
             while pending:
                 batch, pending = pending[: self.n_envs], pending[self.n_envs :]
@@ -171,10 +189,22 @@ class RolloutRunner:
                     pending = [idx for i, idx in enumerate(batch) if i not in failed] + pending
                     venv.close(terminate=True)
                     venv = self._vector_env()
+            completed = True
         finally:
-            venv.close(terminate=True)
+            if completed and self.keep_workers:
+                self._venv = venv
+            else:
+                venv.close(terminate=True)
             bar.close()
-        return RolloutResult([results[i] for i in range(len(self.episodes))], time.time() - start, dict(self._timing))
+        memory = {f"env_{kind}_mb_{stat}": float(fn([m[kind] for m in self._memory]))
+                  for kind in ("rss", "uss") for stat, fn in (("mean", np.mean), ("max", np.max))} if self._memory else {}
+        return RolloutResult([results[i] for i in range(len(self.episodes))], time.time() - start, dict(self._timing), memory)
+
+    def close(self) -> None:
+        """End the env workers kept by ``keep_workers`` (a later run starts new ones)."""
+        if self._venv is not None:
+            self._venv.close(terminate=True)
+            self._venv = None
 
     def _failed(self, venv, n: int) -> list[int]:
         if self.vector_env == "sync":  # the exception does not say which in-process env raised
@@ -186,8 +216,9 @@ class RolloutRunner:
         # Pad a short last round with copies of its first episode; their results are dropped.
         seeds = [s.seed for s in specs] + [specs[0].seed] * (self.n_envs - n)
         tick = time.perf_counter()
-        obs, _ = venv.reset(seed=seeds)
+        obs = self._reset(venv, seeds, [s.options for s in specs])
         self._timed("env_s", tick)
+        self._measure_memory(venv)
         policy.reset()
         filming = [i for i, s in enumerate(specs) if s.record_video and self.video_dir is not None]
         frames: dict[int, list[np.ndarray]] = {i: [] for i in filming}
@@ -200,6 +231,8 @@ class RolloutRunner:
             tick = time.perf_counter()
             policy_obs = {k: torch.as_tensor(v) for k, v in self.obs_transform(obs).items()}
             action = policy.select_action(policy_obs).detach().float().cpu().numpy()
+            if self.action_map is not None:  # e.g. the policy's rotation-6d actions -> the env's axis-angle
+                action = self.action_map(action)
             self._timed("policy_s", tick)
             tick = time.perf_counter()
             if self.vector_env == "sync":
@@ -224,6 +257,37 @@ class RolloutRunner:
         self._timed("video_s", tick)
         return results
 
+    def _reset(self, venv, seeds: list[int], options: list[Mapping[str, Any] | None]) -> Any:
+        """Reset every env from its seed, then each episode with reset options on its own with them."""
+        # All of them first: a masked reset of a vector env that was never reset leaves the others' obs unset.
+        obs, _ = venv.reset(seed=seeds)
+        for i, opts in enumerate(options):
+            if opts is None:
+                continue
+            mask = np.zeros(len(seeds), dtype=bool)
+            mask[i] = True
+            # gymnasium pops "reset_mask" from the dict it is given: a fresh one for every call.
+            obs, _ = venv.reset(seed=seeds, options={**opts, "reset_mask": mask})
+        return obs
+
+    def _measure_memory(self, venv) -> None:
+        """Memory of each subprocess env, once per run and set of workers (after its first reset).
+
+        RSS counts the shared libraries every worker maps (torch, MuJoCo, GL); USS is what the worker
+        alone holds, i.e. what one more env costs.
+        """
+        if self.vector_env != "async" or id(venv) in self._measured:
+            return
+        import psutil
+
+        self._measured.add(id(venv))
+        for proc in getattr(venv, "processes", []):
+            try:
+                info = psutil.Process(proc.pid).memory_full_info()
+                self._memory.append({"rss": info.rss / 2**20, "uss": info.uss / 2**20})
+            except psutil.Error:  # a worker that already died is reported by the round itself
+                pass
+
     def _film(self, venv, frames: dict[int, list[np.ndarray]]) -> None:
         if not frames:
             return
@@ -240,9 +304,16 @@ class RolloutRunner:
 
 def protocol_episodes(
     n_train: int = 6, n_test: int = 50, *, train_seed_start: int = 0, test_seed_start: int = 100000,
-    n_train_videos: int = 1, n_test_videos: int = 2,
+    n_train_videos: int = 1, n_test_videos: int = 2, train_options: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[EpisodeSpec]:
-    """The reference evaluation: train seeds 0-5 and test seeds 100000-100049, a few filmed."""
-    train = [EpisodeSpec(train_seed_start + i, "train", i < n_train_videos) for i in range(n_train)]
+    """The reference evaluation: train seeds 0-5 and test seeds 100000-100049, a few filmed.
+
+    ``train_options``: reset options of the train episodes, one per episode (robomimic's train inits
+    start from the first states of demos 0-5); their seeds then only name them.
+    """
+    if train_options is not None and len(train_options) < n_train:
+        raise ValueError(f"{n_train} train episodes need as many reset options (start states), got {len(train_options)}")
+    train = [EpisodeSpec(train_seed_start + i, "train", i < n_train_videos,
+                         None if train_options is None else dict(train_options[i])) for i in range(n_train)]
     test = [EpisodeSpec(test_seed_start + i, "test", i < n_test_videos) for i in range(n_test)]
     return train + test

@@ -381,6 +381,9 @@ class Trainer:
             bar.close()
             if logger is not None:
                 logger.close()
+            close = getattr(self.evaluator, "close", None)
+            if close is not None:  # e.g. env workers an evaluator keeps between evaluations
+                close()
         return last
 
     def _end_of_epoch(self, logger: MetricsLogger | None, *, final: bool) -> dict[str, Any]:

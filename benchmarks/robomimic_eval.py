@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop", nargs="+", choices=["on", "off"], default=["on", "off"])
     parser.add_argument("--n-test", type=int, default=None, help="test episodes (default: the protocol's 50)")
     parser.add_argument("--n-train", type=int, default=None, help="train episodes (default: the protocol's 6)")
+    parser.add_argument("--max-steps", type=int, default=None, help="steps per episode (default: the protocol's 400)")
     args = parser.parse_args(argv)
     path = resolve_checkpoint(args.checkpoint)
     print(f"checkpoint {path}\n")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.task.evaluator.env.terminate_on_success = stop == "on"
             with tempfile.TemporaryDirectory() as out:
                 rec = evaluate_checkpoint(path, output_dir=out, config=cfg, n_envs=n_envs, n_test=args.n_test,
-                                          n_train=args.n_train)
+                                          n_train=args.n_train, max_steps=args.max_steps)
             print(_row(stop == "on", n_envs, rec), flush=True)
     return 0
 

@@ -346,3 +346,9 @@ def test_robomimic_tasks_train_and_eval_scores_them(dirs, task):
     record = json.loads((out / "eval.json").read_text())
     assert record["protocol"]["max_steps"] == 8 and record["n_episodes"] == 1
     assert record["mean_score"] == logged["test/mean_score"] and record["train/mean_score"] == logged["train/mean_score"]
+    if task == "lift_lowdim":  # the README's evaluation-cost benchmark, on this run
+        bench = subprocess.run([sys.executable, "benchmarks/robomimic_eval.py", str(run_dir), "--n-envs", "1", "--n-test", "1",
+                                "--n-train", "1", "--max-steps", "8"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+        assert bench.returncode == 0, bench.stderr[-3000:]
+        rows = [line for line in bench.stdout.splitlines() if line.startswith(("| on |", "| off |"))]
+        assert len(rows) == 2 and all("| 1 |" in r for r in rows), bench.stdout

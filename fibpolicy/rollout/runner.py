@@ -171,7 +171,8 @@ class RolloutRunner:
         results: dict[int, EpisodeResult] = {}
         pending = list(range(len(self.episodes)))
         bar = tqdm(total=len(pending), desc="rollouts", leave=False, disable=not self.progress)
-        venv, self._venv = (self._venv or self._vector_env()), None
+        venv = self._venv if self._venv is not None else self._vector_env()
+        self._venv = None
         completed = False
         try:
             while pending:

@@ -48,7 +48,7 @@ def run_arm(name: str, out: Path, minutes: float, extra: list[str]) -> int:
 def report(out: Path, arms: list[str]) -> str:
     """The Markdown table of every arm that has a run; writes it, its JSON and the PNG into ``out``."""
     found = {name: evaluation_rows(out / name) for name in arms if (out / name / "config.yaml").exists()}
-    table = evaluation_table([out / n for n in found], list(found)).replace("| run |", "| arm |", 1)
+    table = evaluation_table([out / n for n in found], list(found), label_header="arm")
     if found:
         png = plot_runs([out / n for n in found], out / "pusht_encoders.png", labels=list(found),
                         title="PushT from pixels: encoder study (one seed, 50 test episodes)")

@@ -78,12 +78,12 @@ def _cell(value: float | None, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
 
-def evaluation_table(runs: Sequence[str | Path], labels: Sequence[str] | None = None) -> str:
-    """A Markdown table with a row per evaluation of each run (``evaluation_rows``)."""
+def evaluation_table(runs: Sequence[str | Path], labels: Sequence[str] | None = None, label_header: str = "run") -> str:
+    """A Markdown table with a row per evaluation of each run (``evaluation_rows``), its first column ``label_header``."""
     labels = list(labels) if labels is not None else [Path(r).name for r in runs]
     if len(labels) != len(runs):
         raise ValueError(f"{len(runs)} runs but {len(labels)} labels")
-    lines = ["| run | step | epoch | minutes | samples/s | test mean score | test success | train mean score | train success | eval s |",
+    lines = [f"| {label_header} | step | epoch | minutes | samples/s | test mean score | test success | train mean score | train success | eval s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, run in zip(labels, runs):
         for r in evaluation_rows(run):

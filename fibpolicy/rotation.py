@@ -39,6 +39,13 @@ def _last_axis(x: np.ndarray, size: int, what: str) -> np.ndarray:
     return x
 
 
+def _matrices(matrix: np.ndarray, what: str) -> np.ndarray:
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim < 2 or m.shape[-2:] != (3, 3):
+        raise ValueError(f"{what}: expected (..., 3, 3) matrices, got shape {m.shape}")
+    return m
+
+
 def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:
     """(..., 3) rotation vectors (axis times angle, radians) -> (..., 3, 3) rotation matrices."""
     aa = _last_axis(axis_angle, 3, "axis_angle_to_matrix")
@@ -47,17 +54,13 @@ def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:
 
 def matrix_to_axis_angle(matrix: np.ndarray) -> np.ndarray:
     """(..., 3, 3) rotation matrices -> (..., 3) rotation vectors with angle in [0, pi]."""
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.ndim < 2 or m.shape[-2:] != (3, 3):
-        raise ValueError(f"matrix_to_axis_angle: expected (..., 3, 3) matrices, got shape {m.shape}")
+    m = _matrices(matrix, "matrix_to_axis_angle")
     return Rotation.from_matrix(m.reshape(-1, 3, 3)).as_rotvec().reshape(*m.shape[:-2], 3)
 
 
 def matrix_to_rotation_6d(matrix: np.ndarray) -> np.ndarray:
     """(..., 3, 3) -> (..., 6): the first two rows, row-major (pytorch3d's convention)."""
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.ndim < 2 or m.shape[-2:] != (3, 3):
-        raise ValueError(f"matrix_to_rotation_6d: expected (..., 3, 3) matrices, got shape {m.shape}")
+    m = _matrices(matrix, "matrix_to_rotation_6d")
     return m[..., :2, :].reshape(*m.shape[:-2], 6).copy()
 
 

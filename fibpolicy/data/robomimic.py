@@ -68,8 +68,8 @@ def _cache_signature(hdf5_path: Path, shape_meta: ShapeMeta, action_key: str, ac
     }
 
 
-def _action(group: Any, path: Path, name: str, action_key: str, action_form: str) -> np.ndarray:
-    """One demo's actions in ``action_form``, with errors naming the file, demo and key."""
+def _read_actions(group: Any, path: Path, name: str, action_key: str, action_form: str) -> np.ndarray:
+    """One demo's stored actions (n, 7k), checked, with errors naming the file, demo and key."""
     if action_key not in group:
         hint = ""
         if action_form != "delta":
@@ -84,8 +84,6 @@ def _action(group: Any, path: Path, name: str, action_key: str, action_form: str
         )
     if not np.isfinite(actions).all():
         raise ReplayBufferError(f"{path}: data/{name}/{action_key} holds non-finite values")
-    if action_form == "abs_rot6d":
-        return abs_action_to_rot6d(actions)
     return actions
 
 
@@ -134,9 +132,10 @@ def convert_robomimic(
                             f"{sorted(group['obs'].keys())})"
                         )
                     episode[key] = group["obs"][key][()]
-                episode[action_store] = _action(group, hdf5_path, name, action_key, action_form).astype(np.float32)
+                actions = _read_actions(group, hdf5_path, name, action_key, action_form)
+                episode[action_store] = (abs_action_to_rot6d(actions) if action_form == "abs_rot6d" else actions).astype(np.float32)
                 if action_form != "delta" and len(rotations) < 20:
-                    rotations.append(np.asarray(group[action_key][:, 3:6]))
+                    rotations.append(actions[:, 3:6])
                 lengths = {k: len(v) for k, v in episode.items()}
                 if len(set(lengths.values())) != 1:
                     raise ReplayBufferError(f"{hdf5_path}: data/{name} has obs and actions of different lengths {lengths}")

@@ -8,7 +8,12 @@ about the same dense work) it prints forward and forward+backward times (median 
 repeats) and the peak memory of one forward+backward of the attention op, for:
 
 - ``sdpa``: ``F.scaled_dot_product_attention`` without a mask (the speed of dense attention);
+  on CUDA in bfloat16/float16 it is forced onto the flash kernel (``sdpa (flash)``); float32 has no
+  flash kernel and runs PyTorch's default choice (``sdpa (default, fp32: no flash)``);
 - ``sdpa+mask``: the same with the (h, T, T) boolean Fibottention mask (additive semantics);
+- ``flex`` (CUDA only; skipped with a note on CPU): ``torch.compile(flex_attention)`` with a block mask
+  from ``create_block_mask`` whose mask_mod reads that same (h, T, T) mask (additive semantics). A row
+  that cannot run (flex missing, a compile failure, any other error) says why and the table goes on;
 - ``release``: the released method, scores x a (B, h, T, T) 0/1 mask rebuilt with Python loops on
   every call (generously, one slice assignment per diagonal rather than per element);
 - each backend of ``fibpolicy.attention`` that runs on the device (``cpu``: the compiled C kernel;
@@ -21,7 +26,17 @@ repeats) and the peak memory of one forward+backward of the attention op, for:
   random keys are drawn inside the timed call, as in training.
 
 Peak memory on CPU is the growth of the peak resident set (VmHWM) of a fresh process running the op
-once, over its resident set with inputs allocated and per-shape caches built; on CUDA it is ``torch.cuda.max_memory_allocated`` above the inputs.
+once, over its resident set with inputs allocated and per-shape caches built; on CUDA it is
+``torch.cuda.max_memory_allocated`` above the inputs, measured in this process after the warm-up (a
+fresh process per row would pay CUDA start-up, Triton loading and flex's compile every time).
+
+``--dtype`` takes several dtypes (rows carry theirs); ``--methods`` picks methods (then no pattern rows
+unless ``--patterns`` names some); ``--max-seconds`` stops starting new sequence lengths, methods and
+repeats once the budget is spent and lists what it skipped; ``--json`` writes every row (NaN as null).
+After the table it prints, per T, the speed of the ``triton``/``auto`` rows relative to ``sdpa`` and, on
+CUDA in bfloat16, the GPU targets: >= 4x faster than flash SDPA at T = 4097, <= 1.2x its time at T <= 197.
+
+    python benchmarks/attention.py --device cuda --dtype bfloat16 float32 --methods sdpa sdpa+mask flex triton auto
 """
 
 from __future__ import annotations
@@ -56,7 +71,8 @@ from fibpolicy.atomic import write_json  # noqa: E402
 
 HEADS, HEAD_DIM = 12, 64
 DEFAULT_TOKENS = (65, 197, 785, 1569, 4097)
-METHODS = ("sdpa", "sdpa+mask", "release", *BACKENDS, "auto")
+METHODS = ("sdpa", "sdpa+mask", "flex", "release", *BACKENDS, "auto")
+HALF = (torch.bfloat16, torch.float16)
 PATTERN_NAMES = ("longformer", "bigbird", "window2d", "axial", "strided")
 _KNOBS = {"longformer": "window", "bigbird": "window", "window2d": "kernel_size", "strided": "stride"}
 
@@ -117,10 +133,92 @@ def release_mask(bsz: int, tokens: int, mode_layer: int = 0) -> torch.Tensor:
     return full.unsqueeze(0).repeat(bsz, 1, 1, 1)
 
 
+# (device type, dtype) -> None when sdpa runs on the flash kernel there, else why not (``prepare_method``).
+_FLASH: dict[tuple[str, torch.dtype], str | None] = {}
+_FLEX: dict[str, object] = {}
+
+
+def sdpa_label(device: str, dtype: torch.dtype) -> str:
+    """What the ``sdpa`` row runs: the flash kernel, or PyTorch's default and why."""
+    if not device.startswith("cuda"):
+        return "sdpa"
+    why = _FLASH.get((torch.device(device).type, dtype), "not checked")
+    return "sdpa (flash)" if why is None else f"sdpa (default, {why})"
+
+
+def _sdpa(q, k, v) -> torch.Tensor:
+    if q.is_cuda and _FLASH.get((q.device.type, q.dtype), "") is None:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _flex_compiled():
+    """``torch.compile(flex_attention)``, built once (compiles lazily, per shape and dtype, on first call)."""
+    if "fn" not in _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        cfg = torch._dynamo.config
+        # One compiled graph per (T, dtype, grad mode): more than the default limit of 8 in one run; past
+        # it dynamo would silently fall back to eager flex_attention (which materialises the scores).
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(cfg, name):
+                setattr(cfg, name, max(getattr(cfg, name), 256))
+        _FLEX["fn"] = torch.compile(flex_attention)
+    return _FLEX["fn"]
+
+
+@lru_cache(maxsize=4)
+def flex_block_mask(pattern: FibPattern, tokens: int, device: str):
+    """Block mask of the (h, T, T) boolean mask ``sdpa+mask`` uses: mask_mod reads that tensor."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mask = pattern.mask(tokens - pattern.num_prefix_tokens, device)
+    # Zero-padded to whole 128-blocks, so a read at a padded index (partial last block) stays in bounds.
+    size = -(-tokens // 128) * 128
+    padded = torch.zeros(mask.shape[0], size, size, dtype=torch.bool, device=device)
+    padded[:, :tokens, :tokens] = mask
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return padded[h, q_idx, kv_idx]
+
+    return create_block_mask(mask_mod, B=None, H=mask.shape[0], Q_LEN=tokens, KV_LEN=tokens, device=device)
+
+
+def prepare_method(method: str, q, k, v, pattern: FibPattern) -> str | None:
+    """Per-method set-up before the warm-up; returns why ``method`` cannot run here, or None."""
+    device, key = str(q.device), (q.device.type, q.dtype)
+    if method == "sdpa" and q.is_cuda and key not in _FLASH:
+        if q.dtype not in HALF:
+            _FLASH[key] = f"{str(q.dtype).removeprefix('torch.')}: no flash"
+        else:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            try:
+                with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                    F.scaled_dot_product_attention(q, k, v)
+                _FLASH[key] = None
+            except RuntimeError as exc:
+                _FLASH[key] = f"flash failed: {str(exc).strip().splitlines()[0][:80]}"
+    if method == "flex":
+        if not q.is_cuda:
+            return "flex runs on CUDA only here (CPU flex would compile for minutes)"
+        try:
+            _flex_compiled()
+        except ImportError as exc:
+            return f"flex_attention unavailable in torch {torch.__version__}: {exc}"
+        flex_block_mask(pattern, q.shape[-2], device)
+    return None
+
+
 def run_method(method: str, q, k, v, pattern: FibPattern, mode: str) -> torch.Tensor:
     """One forward of ``method`` on (B, h, T, d) inputs."""
     if method == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v)
+        return _sdpa(q, k, v)
+    if method == "flex":
+        return _flex_compiled()(q, k, v, block_mask=flex_block_mask(pattern, q.shape[-2], str(q.device)))
     if method == "sdpa+mask":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=pattern.mask(q.shape[-2] - 1, q.device))
     if method == "release":
@@ -226,56 +324,153 @@ def peak_memory_mb(method: str, tokens: int, mode: str, device: str, dtype_name:
     return float(res.stdout.strip().splitlines()[-1])
 
 
-def benchmark(tokens_list, methods, mode, device, dtype_name, repeats, memory) -> list[dict]:
-    """Rows of timings (ms) and peak memory (MiB) per (T, method)."""
+class Budget:
+    """Wall-clock budget of ``--max-seconds``: what runs is checked against it, what is skipped is listed."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds, self.start, self.skipped = seconds, time.perf_counter(), []
+
+    def spent(self) -> bool:
+        return self.seconds is not None and time.perf_counter() - self.start > self.seconds
+
+    def skip(self, what: str) -> None:
+        self.skipped.append(what)
+        print(f"  --max-seconds {self.seconds:g} reached: skipping {what}", flush=True)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160] if text else ''}"
+
+
+def _cuda_peak_mb(method, inputs, grad, pattern, mode, device) -> float:
+    """Peak CUDA memory of one forward+backward above what is allocated before it (in this process)."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    time_once(method, inputs, grad, pattern, mode, device, True)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def benchmark(tokens_list, methods, mode, device, dtype_name, repeats, memory, budget: Budget | None = None) -> list[dict]:
+    """Rows of timings (ms) and peak memory (MiB) per (T, method); a method that cannot run gets a row
+    with ``skipped`` (the reason) and no figures."""
+    budget = budget or Budget(None)
     dtype = getattr(torch, dtype_name)
     rows = []
     pattern = FibPattern(num_heads=HEADS)
     for tokens in tokens_list:
+        if budget.spent():
+            budget.skip(f"T={tokens} {dtype_name} (all methods)")
+            continue
         inputs, grad = make_inputs(tokens, device, dtype)
         resolved = select_backend(tokens, torch.device(device))
         active = [m for m in methods if not (m == "dense" and tokens > 2000 and device == "cpu" and repeats > 3)]
-        for m in active:  # warm-up: caches, allocator, lazy init
-            time_once(m, inputs, grad, pattern, mode, device, True)
+        failed: dict[str, str] = {}
+        warmup_s: dict[str, float] = {}
+
+        def label_of(m, tokens=tokens, resolved=resolved):
+            if m == "auto":
+                return f"auto ({resolved})"
+            return sdpa_label(device, dtype) if m == "sdpa" else method_label(m, tokens)
+
+        for m in list(active):  # warm-up: caches, allocator, lazy init, compiles
+            if budget.spent():
+                budget.skip(f"T={tokens} {dtype_name} {m}")
+                active.remove(m)
+                continue
+            start = time.perf_counter()
+            try:
+                why = prepare_method(m, *inputs, pattern)
+                if why is None:
+                    time_once(m, inputs, grad, pattern, mode, device, True)
+                    if device.startswith("cuda"):  # no_grad is its own compile for flex
+                        time_once(m, inputs, grad, pattern, mode, device, False)
+            except Exception as exc:  # noqa: BLE001 - the row says why, the table goes on
+                why = f"failed: {_reason(exc)}"
+            warmup_s[m] = time.perf_counter() - start
+            if why is not None:
+                failed[m] = why
+                active.remove(m)
+                print(f"T={tokens:5d} {label_of(m):16s} skipped: {why}", flush=True)
         fwd = {m: [] for m in active}
         fwdbwd = {m: [] for m in active}
         n = repeats if tokens < 2000 else max(2, repeats // 2)
-        for _ in range(n):  # interleaved, so drift on a shared machine hits every method alike
-            for m in active:
-                fwd[m].append(time_once(m, inputs, grad, pattern, mode, device, False))
-                fwdbwd[m].append(time_once(m, inputs, grad, pattern, mode, device, True))
-        for m in active:
-            label = method_label(m, tokens) if m != "auto" else f"auto ({resolved})"
-            row = dict(
-                tokens=tokens, batch=inputs[0].shape[0], method=label,
-                fwd_ms=1e3 * statistics.median(fwd[m]), fwdbwd_ms=1e3 * statistics.median(fwdbwd[m]),
-            )
-            row["peak_mb"] = peak_memory_mb(m, tokens, mode, device, dtype_name) if memory else float("nan")
+        for i in range(n):  # interleaved, so drift on a shared machine hits every method alike
+            if i and budget.spent():
+                budget.skip(f"T={tokens} {dtype_name}: repeats {i + 1}..{n} (medians of {i})")
+                break
+            for m in list(active):
+                try:
+                    fwd[m].append(time_once(m, inputs, grad, pattern, mode, device, False))
+                    fwdbwd[m].append(time_once(m, inputs, grad, pattern, mode, device, True))
+                except Exception as exc:  # noqa: BLE001
+                    failed[m] = f"failed while timed: {_reason(exc)}"
+                    active.remove(m)
+        for m in methods:
+            if m not in active and m not in failed:
+                continue  # left out above (dense at large T on CPU) or skipped by the budget
+            row = dict(tokens=tokens, batch=inputs[0].shape[0], method=label_of(m), key=m, dtype=dtype_name,
+                       warmup_s=warmup_s.get(m, float("nan")))
+            if m in failed:
+                row.update(fwd_ms=float("nan"), fwdbwd_ms=float("nan"), peak_mb=float("nan"), skipped=failed[m])
+                rows.append(row)
+                continue
+            row.update(fwd_ms=1e3 * statistics.median(fwd[m]), fwdbwd_ms=1e3 * statistics.median(fwdbwd[m]))
+            row["peak_mb"] = float("nan")
+            if memory and budget.spent():
+                budget.skip(f"T={tokens} {dtype_name} {m}: peak memory")
+            elif memory and device.startswith("cuda"):
+                try:
+                    row["peak_mb"] = _cuda_peak_mb(m, inputs, grad, pattern, mode, device)
+                except Exception as exc:  # noqa: BLE001
+                    print(f"  (peak memory of {m} at T={tokens} failed: {_reason(exc)})", flush=True)
+            elif memory:
+                row["peak_mb"] = peak_memory_mb(m, tokens, mode, device, dtype_name)
             rows.append(row)
             print(f"T={tokens:5d} B={row['batch']:3d} {row['method']:16s} fwd {row['fwd_ms']:9.1f} ms   "
                   f"fwd+bwd {row['fwdbwd_ms']:9.1f} ms   peak {row['peak_mb']:8.1f} MiB", flush=True)
+        del inputs, grad
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
     return rows
 
 
+def _measured(r: dict) -> bool:
+    return "skipped" not in r and r["fwdbwd_ms"] == r["fwdbwd_ms"]
+
+
+def _find(rows, tokens, key, dtype=None):
+    return next((r for r in rows if r["tokens"] == tokens and r.get("key") == key and _measured(r)
+                 and (dtype is None or r.get("dtype") == dtype)), None)
+
+
 def markdown(rows: list[dict]) -> str:
-    """The table as Markdown: one row per (T, method)."""
+    """The table as Markdown: one row per (T, method); a dtype column when rows have several dtypes."""
+    many = len({r.get("dtype") for r in rows}) > 1
     lines = [
-        "| T | batch | method | fwd ms | fwd+bwd ms | × sdpa (fwd+bwd) | peak MiB |",
-        "|---:|---:|---|---:|---:|---:|---:|",
+        f"| T | batch |{' dtype |' if many else ''} method | fwd ms | fwd+bwd ms | × sdpa (fwd+bwd) | peak MiB |",
+        f"|---:|---:|{'---|' if many else ''}---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ref = next(x for x in rows if x["tokens"] == r["tokens"] and x["method"] == "sdpa")
+        dt = f" {r.get('dtype')} |" if many else ""
+        if "skipped" in r:
+            lines.append(f"| {r['tokens']} | {r['batch']} |{dt} {r['method']} | skipped: "
+                         f"{r['skipped'].replace('|', '/')} | | | |")
+            continue
+        ref = _find(rows, r["tokens"], "sdpa", r.get("dtype"))
+        ratio = f"{r['fwdbwd_ms'] / ref['fwdbwd_ms']:.2f}" if ref else "-"
         lines.append(
-            f"| {r['tokens']} | {r['batch']} | {r['method']} | {r['fwd_ms']:.1f} | {r['fwdbwd_ms']:.1f} | "
-            f"{r['fwdbwd_ms'] / ref['fwdbwd_ms']:.2f} | {r['peak_mb']:.0f} |"
+            f"| {r['tokens']} | {r['batch']} |{dt} {r['method']} | {r['fwd_ms']:.1f} | {r['fwdbwd_ms']:.1f} | "
+            f"{ratio} | {r['peak_mb']:.0f} |"
         )
     return "\n".join(lines)
 
 
 def targets(rows: list[dict]) -> str:
-    """The issue's targets, checked against the measured rows."""
-    def get(tokens, prefix):
-        return next((r for r in rows if r["tokens"] == tokens and r["method"].startswith(prefix)), None)
+    """The issue's targets, checked against the measured rows (of one dtype)."""
+    def get(tokens, key):
+        return _find(rows, tokens, key)
 
     out = []
     for t in (65, 197):
@@ -297,6 +492,55 @@ def targets(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def versus_dense(rows: list[dict]) -> str:
+    """Per dtype and T: how many times faster than the ``sdpa`` row the ``triton`` and ``auto`` rows are."""
+    out = []
+    for dtype in dict.fromkeys(r.get("dtype") for r in rows):
+        for tokens in dict.fromkeys(r["tokens"] for r in rows):
+            s = _find(rows, tokens, "sdpa", dtype)
+            for key in ("triton", "auto"):
+                a = _find(rows, tokens, key, dtype)
+                if a and s:
+                    out.append(f"{dtype} T={tokens:5d}: {a['method']} x dense [{s['method']}]: "
+                               f"fwd {s['fwd_ms'] / a['fwd_ms']:.2f}x, fwd+bwd {s['fwdbwd_ms'] / a['fwdbwd_ms']:.2f}x faster")
+    return "\n".join(out)
+
+
+def gpu_targets(rows: list[dict]) -> str:
+    """The GPU targets, in bfloat16 against flash SDPA: the sparse row >= 4x faster at T = 4097, and at
+    T <= 197 no slower than 1.2x dense. Both fwd and fwd+bwd must meet them."""
+    out = []
+    for key in ("triton", "auto"):
+        big = [(_find(rows, 4097, key, "bfloat16"), _find(rows, 4097, "sdpa", "bfloat16"))]
+        small = [(_find(rows, t, key, "bfloat16"), _find(rows, t, "sdpa", "bfloat16")) for t in (65, 197)]
+        big = [(a, s) for a, s in big if a and s and s["method"] == "sdpa (flash)"]
+        small = [(a, s) for a, s in small if a and s and s["method"] == "sdpa (flash)"]
+        for a, s in big:
+            f, fb = s["fwd_ms"] / a["fwd_ms"], s["fwdbwd_ms"] / a["fwdbwd_ms"]
+            ok = f >= 4 and fb >= 4
+            out.append(f"GPU target T=4097 bf16: {a['method']} vs sdpa (flash) = fwd {f:.2f}x, fwd+bwd {fb:.2f}x "
+                       f"faster (target >= 4x) {'MET' if ok else 'MISSED'}")
+        if small:
+            parts, ok = [], True
+            for a, s in small:
+                f, fb = a["fwd_ms"] / s["fwd_ms"], a["fwdbwd_ms"] / s["fwdbwd_ms"]
+                ok = ok and f <= 1.2 and fb <= 1.2
+                parts.append(f"T={a['tokens']}: fwd {f:.2f}, fwd+bwd {fb:.2f}")
+            out.append(f"GPU target T<=197 bf16: {a['method']} time / sdpa (flash) time = {'; '.join(parts)} "
+                       f"(target <= 1.2) {'MET' if ok else 'MISSED'}")
+    return "\n".join(out)
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # strict JSON has no NaN
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def main() -> None:
     """Command-line entry point."""
     if len(sys.argv) > 1 and sys.argv[1] == "--peak-child":
@@ -306,20 +550,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS))
     parser.add_argument("--methods", nargs="+", default=None, choices=METHODS,
-                        help="default: every method that runs on the device")
-    parser.add_argument("--patterns", nargs="*", default=list(PATTERN_NAMES), choices=PATTERN_NAMES,
-                        help="other fixed patterns to time at Fibottention's density (none: --patterns)")
+                        help="default: every method that runs on the device (flex: CUDA only)")
+    parser.add_argument("--patterns", nargs="*", default=None, choices=PATTERN_NAMES,
+                        help="other fixed patterns to time at Fibottention's density (default: all of them "
+                             "without --methods, none with it; none: --patterns)")
     parser.add_argument("--pattern-backends", nargs="+", default=["auto"], choices=("auto", *BACKENDS),
                         help="backends the pattern rows run on")
     parser.add_argument("--mode", default="multiplicative", choices=("multiplicative", "additive"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=("float32", "bfloat16", "float16"),
+                        help="one or more dtypes, measured one after the other")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument("--max-seconds", type=float, default=None,
+                        help="stop starting new sequence lengths, methods and repeats after this many seconds")
     args = parser.parse_args()
+    on_cuda = args.device.startswith("cuda")
+    if args.patterns is None:
+        args.patterns = list(PATTERN_NAMES) if args.methods is None else []
     if args.methods is None:
-        args.methods = [m for m in METHODS if m not in BACKENDS or backend_status(m, args.device)[0]]
+        args.methods = [m for m in METHODS if (m not in BACKENDS or backend_status(m, args.device)[0])
+                        and (m != "flex" or on_cuda)]
     for name in args.patterns:
         for backend in args.pattern_backends:
             if backend != "auto" and not backend_status(backend, args.device)[0]:
@@ -328,15 +580,30 @@ def main() -> None:
                 continue  # fixed patterns only: no random keys
             args.methods.append(pattern_method(name, backend))
 
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
-          f"{args.dtype}, mode {args.mode}, {HEADS} heads x {HEAD_DIM}", flush=True)
-    rows = benchmark(args.tokens, args.methods, args.mode, args.device, args.dtype, args.repeats, not args.no_memory)
+    budget = Budget(args.max_seconds)
+    rows = []
+    for dtype_name in args.dtype:
+        print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
+              f"{dtype_name}, mode {args.mode}, {HEADS} heads x {HEAD_DIM}", flush=True)
+        rows += benchmark(args.tokens, args.methods, args.mode, args.device, dtype_name, args.repeats,
+                          not args.no_memory, budget)
     print()
     print(markdown(rows))
-    print()
-    print(targets(rows))
+    for dtype_name in args.dtype:
+        lines = targets([r for r in rows if r["dtype"] == dtype_name])
+        if lines:
+            print()
+            print(lines if len(args.dtype) == 1 else f"{dtype_name}:\n{lines}")
+    for block in (versus_dense(rows), gpu_targets(rows)):
+        if block:
+            print()
+            print(block)
+    if budget.skipped:
+        print()
+        print(f"--max-seconds {args.max_seconds:g}: skipped after {time.perf_counter() - budget.start:.0f} s: "
+              + "; ".join(budget.skipped))
     if args.json:
-        write_json(args.json, rows)
+        write_json(args.json, _json_safe(rows))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ tuned-vs-default pixel difference, and (``--demos``) demonstration generation ti
     OMP_NUM_THREADS=1 python benchmarks/robomimic_envs.py                 # env table, both tasks
     OMP_NUM_THREADS=1 python benchmarks/robomimic_envs.py --demos 20      # + seconds per demo (lift, images)
     MUJOCO_GL=osmesa python benchmarks/robomimic_envs.py --tasks lift     # another GL backend
+    python benchmarks/robomimic_envs.py --tasks lift --skip-env --workers 1 16   # parallel workers, 2 cameras
 
 Run it on an otherwise idle machine: every figure is single-process, single-thread.
 """
@@ -95,6 +96,40 @@ def env_table(tasks: list[str], steps: int, resets: int, size: int) -> None:
         print(f"| {task} | {d['agentview_image']:.2f} | {d['robot0_eye_in_hand_image']:.2f} |")
 
 
+def _worker_steps_per_s(task: str, size: int, steps: int, seed: int, barrier) -> float:
+    env = RobomimicEnv(task, camera_size=size, render_quality="fast")
+    env.reset(seed=seed)
+    env.step(np.zeros(7))
+    barrier.wait()  # every worker built and warmed up: time only the stepping, all at once
+    sps = _steps_per_s(env, steps, seed)
+    env.close()
+    return sps
+
+
+def workers_table(tasks: list[str], workers: list[int], steps: int, size: int) -> None:
+    """Print env steps/s with two cameras for N processes stepping at once (what an evaluation's workers do)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from envs.robomimic import _backend
+
+    _backend.select_gl_backend()  # probe once here; the spawned workers inherit MUJOCO_GL
+    ctx = mp.get_context("spawn")  # forking after GL initialisation crashes
+    rows = []
+    for task in tasks:
+        for n in workers:
+            barrier = ctx.Manager().Barrier(n)
+            with ProcessPoolExecutor(n, mp_context=ctx) as pool:
+                rates = list(pool.map(_worker_steps_per_s, [task] * n, [size] * n, [steps] * n, range(n), [barrier] * n))
+            rows.append((task, n, float(np.mean(rates)), float(np.sum(rates))))
+    print(f"\nrobomimic env steps/s, N workers at once (MUJOCO_GL={os.environ.get('MUJOCO_GL')}, 2 cams {size}², tuned render, "
+          f"{os.cpu_count()} cores)\n")
+    print("| task | workers | steps/s per worker | steps/s in all |")
+    print("|---|---:|---:|---:|")
+    for task, n, mean, total in rows:
+        print(f"| {task} | {n} | {mean:.1f} | {total:.1f} |")
+
+
 def demo_table(tasks: list[str], episodes: int, size: int) -> None:
     """Print seconds per demo (rollout + image extraction + abs conversion + writing), one worker."""
     from envs.robomimic.demos import generate_demos
@@ -119,10 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resets", type=int, default=10)
     p.add_argument("--size", type=int, default=84, help="camera height and width")
     p.add_argument("--demos", type=int, default=0, help="also time generating N demos per task")
-    p.add_argument("--skip-env", action="store_true", help="only the demo table")
+    p.add_argument("--skip-env", action="store_true", help="skip the single-process env table")
+    p.add_argument("--workers", type=int, nargs="*", default=[], help="also time N processes stepping at once")
     args = p.parse_args(argv)
     if not args.skip_env:
         env_table(args.tasks, args.steps, args.resets, args.size)
+    if args.workers:
+        workers_table(args.tasks, args.workers, args.steps, args.size)
     if args.demos:
         demo_table(args.tasks, args.demos, args.size)
     return 0

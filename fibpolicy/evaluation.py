@@ -22,11 +22,13 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         record = evaluate_checkpoint(
             path, config=ckpt_cfg, output_dir=cfg.output_dir, n_test=cfg.n_test, n_train=cfg.n_train,
             n_envs=cfg.n_envs, max_steps=cfg.get("max_steps"), inference_steps=cfg.inference_steps, scheduler=cfg.scheduler, device=cfg.device,
+            videos=cfg.get("videos"), fast_inference=cfg.get("fast_inference"),
         )
         print(
             f"[fibpolicy] eval {record['checkpoint']}: mean_score={record['mean_score']:.3f} "
             f"success_rate={record['success_rate']:.3f} over {record['n_episodes']} test episodes "
-            f"({record['inference']['scheduler']} {record['inference']['steps']} steps, {record['protocol']['max_steps']} env steps) "
+            f"({record['inference']['scheduler']} {record['inference']['steps']} steps, {record['protocol']['max_steps']} env steps, "
+            f"{record['seconds']:.1f} s on {record['inference']['device']}) "
             f"-> {cfg.output_dir}/eval.json"
         )
         return record

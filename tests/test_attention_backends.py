@@ -193,6 +193,7 @@ def test_attention_dropout_runs_on_the_dense_backend_in_training_only():
     torch.testing.assert_close(m(x), m(x))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_backends_match_reference(dtype):

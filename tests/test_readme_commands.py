@@ -63,6 +63,9 @@ CASES: dict[str, list[str]] = {
         "--episodes 1", "--workers 1"],
     "python eval.py checkpoint=runs/<run>": ["n_train=1", "n_test=1", "n_envs=2", "max_steps=8"],
     "python eval.py checkpoint=runs/<run> n_test=10 inference_steps=16 scheduler=ddim": ["n_train=0", "n_test=1", "n_envs=1", "inference_steps=2", "max_steps=8"],
+    "python eval.py checkpoint=runs/<run> fast_inference=bf16": ["n_train=1", "n_test=1", "n_envs=2", "max_steps=8"],
+    # On a CPU the suite itself shrinks every part (FIBPOLICY_SUITE_SCALE=tiny) and skips the CUDA ones.
+    "bash benchmarks/gpu_suite.sh results/gpu": [],
 }
 
 
@@ -274,7 +277,42 @@ def test_eval_reproduces_the_training_time_score(dirs, default_run):
     res = run(command, env, {"runs/<run>": str(run_dir)})
     out = Path(re.search(r"-> (\S+)/eval\.json", res.stdout).group(1))
     record = json.loads((out / "eval.json").read_text())
-    assert record["inference"] == {"scheduler": "ddim", "steps": 2} and record["n_episodes"] == 1
+    assert record["inference"]["scheduler"] == "ddim" and record["inference"]["steps"] == 2 and record["n_episodes"] == 1
+
+    command = "python eval.py checkpoint=runs/<run> fast_inference=bf16"
+    res = run(command, env, {"runs/<run>": str(run_dir)})
+    out = Path(re.search(r"-> (\S+)/eval\.json", res.stdout).group(1))
+    record = json.loads((out / "eval.json").read_text())
+    assert record["inference"]["fast"] == "bf16" and record["n_episodes"] == 1
+    assert [e["seed"] for e in record["episodes"]] == [0, 100000]  # the same protocol, another sampler path
+
+
+CUDA_SUITE_PARTS = ("cuda_tests", "triton_check", "attention_flex")
+SUITE_PARTS = ("attention", "policy", "pusht_train", "pusht_eval", "pusht_eval_fast", "lift_envs", "lift_train", "lift_result")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the suite's CPU path (on a GPU it runs at full size)")
+def test_gpu_suite_runs_every_part(dirs, tmp_path):
+    base, env = dirs
+    results = tmp_path / "gpu"
+    suite_env = {**env, "PYTHON": sys.executable, "FIBPOLICY_DATA_DIR": str(tmp_path / "data")}  # its own demos
+    run("bash benchmarks/gpu_suite.sh results/gpu", suite_env, {"results/gpu": str(results)}, timeout=900)
+    summary = (results / "results.md").read_text()
+    for name in CUDA_SUITE_PARTS:
+        assert re.search(rf"## {name}\nskipped: no CUDA", summary), name
+    for name in SUITE_PARTS:
+        assert re.search(rf"part {name}: exit 0, \d+ s", summary), (name, summary[-3000:])
+    assert "suite: 0 part(s) failed" in summary and "scale: tiny" in summary
+    # the benchmarks wrote their rows, the runs their checkpoints, the evaluations their records
+    assert json.loads((results / "policy.json").read_text())["latency"]
+    assert [r for r in json.loads((results / "attention.json").read_text()) if r["method"] == "cpu"]
+    plain = json.loads((results / "pusht_eval" / "eval.json").read_text())
+    fast = json.loads((results / "pusht_eval_fast" / "eval.json").read_text())
+    assert plain["inference"]["fast"] is None and fast["inference"]["fast"] == "bf16"
+    assert plain["n_episodes"] == fast["n_episodes"] == 1
+    assert not list(results.rglob("*.mp4"))  # no PyAV on the GPU machine: the suite records no videos
+    assert (results / "lift_run" / "checkpoints" / "latest" / "model.safetensors").is_file()
+    assert "| lift_run |" in summary and "| pusht_run |" in summary
 
 
 def test_plot_command_draws_the_run(dirs, default_run, tmp_path):
@@ -312,7 +350,8 @@ def test_readme_policy_snippet_runs_on_a_trained_run(default_run):
     step = {"image": torch.rand(1, 3, 96, 96), "agent_pos": torch.rand(1, 2) * 512}
     scope = {"obs": obs, "step": step}
     exec(compile(block.replace("runs/<run>", str(run_dir)), "README.md", "exec"), scope)
-    assert scope["action"].shape == (1, 8, 2) and scope["a"].shape == (1, 2)
+    assert scope["action"].shape == (1, 8, 2) and scope["a"].shape == (1, 2) and scope["fast"].shape == (1, 8, 2)
+    assert scope["policy"]._fast is not None
 
 
 def test_robomimic_demos_command(dirs):

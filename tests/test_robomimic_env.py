@@ -52,6 +52,23 @@ def test_mujoco_py_is_a_stand_in_and_env_meta_matches_public_files():
     assert kw["control_freq"] == 20 and kw["ignore_done"] is True
 
 
+def test_egl_probe_stand_in_only_where_it_is_missing(monkeypatch):
+    import importlib.util
+
+    from envs.robomimic import _backend
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.delitem(sys.modules, "egl_probe", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "egl_probe" else real_find_spec(name, *a))
+    _backend._install_egl_probe_stub()
+    stub = sys.modules["egl_probe"]
+    assert stub.__fibpolicy_stub__ and stub.get_available_devices() == []
+    monkeypatch.delitem(sys.modules, "egl_probe")
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    _backend._install_egl_probe_stub()  # the real package is installed here: no stand-in
+    assert "egl_probe" not in sys.modules or not getattr(sys.modules["egl_probe"], "__fibpolicy_stub__", False)
+
+
 def test_reset_is_deterministic_per_seed(lift: RobomimicEnv):
     s3 = lift.reset(seed=3)[0]
     state3 = lift.get_state()["states"]

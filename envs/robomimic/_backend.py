@@ -16,6 +16,10 @@ the two process-wide fixes below happen exactly once, before either package is i
    the real package is not installed we put a tiny stand-in module into ``sys.modules`` that provides
    exactly that exception class, so nobody has to install (and compile) mujoco_py. robomimic fixed the
    import upstream in v0.4.0 (commit 8df6e8e). The stand-in is marked ``__fibpolicy_stub__ = True``.
+3. **``egl_probe``.** robomimic imports it whenever an env renders offscreen, to pick the EGL device. It
+   has no wheel (it builds with cmake), so where it is missing (a GPU machine with carried wheels) a
+   stand-in reports no device list and robosuite renders on its default EGL device
+   (``MUJOCO_EGL_DEVICE_ID`` chooses another).
 """
 
 from __future__ import annotations
@@ -102,6 +106,17 @@ def _install_mujoco_py_stub() -> None:
     sys.modules["mujoco_py.builder"] = builder
 
 
+def _install_egl_probe_stub() -> None:
+    """Provide ``egl_probe.get_available_devices`` if egl_probe is not installed (see module doc)."""
+    if "egl_probe" in sys.modules or importlib.util.find_spec("egl_probe") is not None:
+        return
+    module = types.ModuleType("egl_probe")
+    module.get_available_devices = lambda: []  # robomimic then leaves robosuite's device choice alone
+    module.__fibpolicy_stub__ = True
+    module.__doc__ = "Stand-in installed by envs.robomimic._backend: robosuite picks its default EGL device."
+    sys.modules["egl_probe"] = module
+
+
 _MODULES: dict[str, Any] | None = None
 
 
@@ -115,6 +130,7 @@ def import_robomimic() -> dict[str, Any]:
         return _MODULES
     select_gl_backend()
     _install_mujoco_py_stub()
+    _install_egl_probe_stub()
     # robosuite warns about a missing private macro file on every import; that is expected here.
     logging.getLogger("robosuite_logs").addFilter(lambda record: "macro" not in record.getMessage())
     import contextlib

@@ -20,12 +20,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
+
+from .mp4 import import_av
 
 __all__ = [
     "VideoClipTransform",
@@ -141,6 +142,7 @@ def read_video_list(list_file: str | Path, root: str | Path | None = None) -> li
 def probe_video(path: str | Path) -> int:
     """Number of frames of the first video stream: from the container's header when it says, else
     estimated from duration x frame rate, else counted by decoding."""
+    av = import_av()
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -167,6 +169,7 @@ def decode_frames(path: str | Path, indices: Sequence[int]) -> np.ndarray:
     Indices past the last decodable frame repeat the last frame, so a container whose frame count is
     slightly off still yields a full clip.
     """
+    av = import_av()
     wanted, top = set(int(i) for i in indices), max(int(i) for i in indices)
     frames: dict[int, np.ndarray] = {}
     last, last_index = None, -1

@@ -2,6 +2,7 @@
 
 from .crossway import CrosswayDecoder, CrosswayDiffusionUnetPolicy
 from .diffusion import DEFAULT_NOISE_SCHEDULER, INFERENCE_SCHEDULERS, DiffusionUnetPolicy
+from .fast_inference import FAST_WEIGHTS, FastSampler
 from .loading import load_policy
 from .normalizer import NORMALIZER_MODES, LinearNormalizer, SingleFieldNormalizer
 from .obs_encoder import DEFAULT_IMAGE_ENCODER, MultiImageObsEncoder, crop_images
@@ -16,6 +17,8 @@ __all__ = [
     "DEFAULT_IMAGE_ENCODER",
     "DEFAULT_NOISE_SCHEDULER",
     "DiffusionUnetPolicy",
+    "FAST_WEIGHTS",
+    "FastSampler",
     "INFERENCE_SCHEDULERS",
     "LinearNormalizer",
     "MultiImageObsEncoder",

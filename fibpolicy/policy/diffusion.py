@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from ..shape_meta import ShapeMeta
+from .fast_inference import FastSampler
 from .normalizer import LinearNormalizer
 from .obs_encoder import MultiImageObsEncoder
 from .unet1d import ConditionalUnet1D
@@ -121,6 +122,7 @@ class DiffusionUnetPolicy(nn.Module):
             raise TypeError(f"noise_scheduler must be a DDPMScheduler, a dict or None, got {type(noise_scheduler).__name__}")
         self.set_inference(inference_scheduler, num_inference_steps)
 
+        self._fast: FastSampler | None = None
         self.normalizer = LinearNormalizer()
         if normalizer is not None:
             self.set_normalizer(normalizer)
@@ -164,6 +166,9 @@ class DiffusionUnetPolicy(nn.Module):
             )
         self.inference_scheduler_name = scheduler
         self.num_inference_steps = steps
+        fast = getattr(self, "_fast", None)
+        if fast is not None:  # its coefficient table belongs to the sampler it was built for
+            self._fast = FastSampler(self, weights=fast.weights, cuda_graph=fast.cuda_graph)
 
     # ------------------------------------------------------------------ shared pieces
     def _require_normalizer(self) -> None:
@@ -181,11 +186,12 @@ class DiffusionUnetPolicy(nn.Module):
                 want = f"{min_steps}" if exact else f">={min_steps}"
                 raise ValueError(f"obs {key!r}: expected (B, {want}, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
 
-    def encode_obs(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Normalised (B, T>=To, ...) obs -> (B, To * obs_feature_dim) global condition (step-major)."""
+    def encode_obs(self, nobs: Mapping[str, torch.Tensor], encoder: nn.Module | None = None) -> torch.Tensor:
+        """Normalised (B, T>=To, ...) obs -> (B, To * obs_feature_dim) global condition (step-major), through
+        ``encoder`` (default: the policy's; the fast sampler passes its bf16 copy)."""
         batch = next(iter(nobs.values())).shape[0]
         flat = {k: v[:, : self.n_obs_steps].reshape(-1, *v.shape[2:]) for k, v in nobs.items() if k in self.shape_meta.obs}
-        features = self.obs_encoder(flat)
+        features = (encoder or self.obs_encoder)(flat)
         return features.reshape(batch, -1)
 
     def _prepare_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -265,7 +271,10 @@ class DiffusionUnetPolicy(nn.Module):
         """Observations (B, n_obs_steps, ...) in env units -> actions in env units (see the module docstring).
 
         ``generator`` (a ``torch.Generator`` on the policy's device, or an int seed) makes sampling deterministic.
+        After ``enable_fast_inference()`` it runs the fast sampler (in eval mode), which draws the same noise.
         """
+        if self._fast is not None and not self.training:
+            return self._fast(obs, generator=generator)
         self._require_normalizer()
         if isinstance(generator, int):
             generator = torch.Generator(device=self.device).manual_seed(generator)
@@ -277,6 +286,29 @@ class DiffusionUnetPolicy(nn.Module):
         action_pred = self.normalizer["action"].unnormalize(naction)
         start = self.n_obs_steps - 1
         return {"action": action_pred[:, start : start + self.n_action_steps], "action_pred": action_pred}
+
+    def enable_fast_inference(self, weights: str = "bf16", cuda_graph: bool | None = None) -> FastSampler:
+        """Route eval-mode ``predict_action`` (and so ``select_action``) through a ``FastSampler``: the
+        schedule as fixed coefficients, ``weights`` ``"bf16"`` (a copy taken now) or ``"fp32"``, and on
+        CUDA one captured graph per batch size. Call it after moving the policy to its device, and again
+        after loading other weights; ``set_inference`` rebuilds it for the new sampler."""
+        self._fast = FastSampler(self, weights=weights, cuda_graph=cuda_graph)
+        return self._fast
+
+    def disable_fast_inference(self) -> None:
+        """Back to diffusers' scheduler loop with the policy's own weights."""
+        self._fast = None
+
+    def __deepcopy__(self, memo: dict) -> DiffusionUnetPolicy:
+        # an EMA or checkpoint copy never carries the fast sampler (its graphs and weight copies)
+        fast, self._fast = self._fast, None
+        try:
+            clone = self.__class__.__new__(self.__class__)
+            memo[id(self)] = clone
+            clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        finally:
+            self._fast = fast
+        return clone
 
     # ------------------------------------------------------------------ acting in an environment
     def reset(self) -> None:

@@ -154,7 +154,9 @@ class ConditionalUnet1D(nn.Module):
         if timesteps.dim() == 0:
             timesteps = timesteps[None]
         timesteps = timesteps.expand(batch)
-        cond = self.diffusion_step_encoder(timesteps).to(sample.dtype)
+        # the sinusoid is float32; the MLP after it runs in the weights' dtype (bf16 inference copies)
+        embed, mlp = self.diffusion_step_encoder[0], self.diffusion_step_encoder[1:]
+        cond = mlp(embed(timesteps).to(self.diffusion_step_encoder[1].weight.dtype)).to(sample.dtype)
         if self.global_cond_dim:
             if global_cond is None or global_cond.shape != (batch, self.global_cond_dim):
                 got = None if global_cond is None else tuple(global_cond.shape)

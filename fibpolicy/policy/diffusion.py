@@ -275,14 +275,23 @@ class DiffusionUnetPolicy(nn.Module):
         """
         if self._fast is not None and not self.training:
             return self._fast(obs, generator=generator)
+        nobs, generator = self.normalized_obs(obs, generator)
+        naction = self.conditional_sample(self.encode_obs(nobs), generator=generator)
+        return self.actions_from(naction)
+
+    def normalized_obs(
+        self, obs: Mapping[str, torch.Tensor], generator: torch.Generator | int | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Generator | None]:
+        """``predict_action``'s inputs -> (checked, normalised obs on the policy's device, generator)."""
         self._require_normalizer()
         if isinstance(generator, int):
             generator = torch.Generator(device=self.device).manual_seed(generator)
         prepared = self._prepare_obs(obs)
         self._check_obs(prepared, self.n_obs_steps, exact=True)
-        nobs = self.normalizer.normalize(prepared)
-        global_cond = self.encode_obs(nobs)
-        naction = self.conditional_sample(global_cond, generator=generator)
+        return self.normalizer.normalize(prepared), generator
+
+    def actions_from(self, naction: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised (B, horizon, action_dim) samples -> ``predict_action``'s output in env units."""
         action_pred = self.normalizer["action"].unnormalize(naction)
         start = self.n_obs_steps - 1
         return {"action": action_pred[:, start : start + self.n_action_steps], "action_pred": action_pred}

@@ -229,13 +229,9 @@ class FastSampler:
         policy = self.policy
         if policy.training:
             raise RuntimeError("FastSampler needs the policy in eval mode (policy.eval()): the crop is random in training")
-        policy._require_normalizer()
         device = policy.device
-        if isinstance(generator, int):
-            generator = torch.Generator(device=device).manual_seed(generator)
-        prepared = policy._prepare_obs(obs)
-        policy._check_obs(prepared, policy.n_obs_steps, exact=True)
-        nobs = {k: v.float() for k, v in policy.normalizer.normalize(prepared).items()}
+        nobs, generator = policy.normalized_obs(obs, generator)
+        nobs = {k: v.float() for k, v in nobs.items()}
         batch = next(iter(nobs.values())).shape[0]
         shape = (batch, policy.horizon, policy.action_dim)
         draw_device = generator.device if generator is not None else device
@@ -247,6 +243,4 @@ class FastSampler:
             naction = self._graphed(nobs, sample, noise)
         else:
             naction = self._full(nobs, sample, noise)
-        action_pred = policy.normalizer["action"].unnormalize(naction.float())
-        start = policy.n_obs_steps - 1
-        return {"action": action_pred[:, start : start + policy.n_action_steps], "action_pred": action_pred}
+        return policy.actions_from(naction.float())

@@ -69,6 +69,8 @@ from fibpolicy.attention import (  # noqa: E402
 from fibpolicy.attention.backends import backend_status  # noqa: E402
 from fibpolicy.atomic import write_json  # noqa: E402
 
+from budget import Budget  # noqa: E402  (benchmarks/, the script's own directory)
+
 HEADS, HEAD_DIM = 12, 64
 DEFAULT_TOKENS = (65, 197, 785, 1569, 4097)
 METHODS = ("sdpa", "sdpa+mask", "flex", "release", *BACKENDS, "auto")
@@ -322,20 +324,6 @@ def peak_memory_mb(method: str, tokens: int, mode: str, device: str, dtype_name:
         print(f"  (peak-memory probe for {method} at T={tokens} failed: {res.stderr.strip()[-300:]})", flush=True)
         return float("nan")
     return float(res.stdout.strip().splitlines()[-1])
-
-
-class Budget:
-    """Wall-clock budget of ``--max-seconds``: what runs is checked against it, what is skipped is listed."""
-
-    def __init__(self, seconds: float | None):
-        self.seconds, self.start, self.skipped = seconds, time.perf_counter(), []
-
-    def spent(self) -> bool:
-        return self.seconds is not None and time.perf_counter() - self.start > self.seconds
-
-    def skip(self, what: str) -> None:
-        self.skipped.append(what)
-        print(f"  --max-seconds {self.seconds:g} reached: skipping {what}", flush=True)
 
 
 def _reason(exc: BaseException) -> str:
@@ -600,8 +588,7 @@ def main() -> None:
             print(block)
     if budget.skipped:
         print()
-        print(f"--max-seconds {args.max_seconds:g}: skipped after {time.perf_counter() - budget.start:.0f} s: "
-              + "; ".join(budget.skipped))
+        print(budget.summary())
     if args.json:
         write_json(args.json, _json_safe(rows))
 

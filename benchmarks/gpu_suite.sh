@@ -128,7 +128,7 @@ fi
     > "$RESULTS/prepare_pusht.log" 2>&1 &
 PREP_PUSHT=$!
 "$PY" prepare.py task=lift_image data_dir="$FIBPOLICY_DATA_DIR" task.robomimic.demos=$LIFT_DEMOS \
-    task.prepare.generate.workers=$WORKERS > "$RESULTS/prepare_lift.log" 2>&1 &
+    task.prepare.generate.source.workers=$WORKERS > "$RESULTS/prepare_lift.log" 2>&1 &
 PREP_LIFT=$!
 
 part cuda_tests 60 1 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/test_attention_triton.py \

@@ -40,6 +40,8 @@ from fibpolicy.device import use_bf16  # noqa: E402
 from fibpolicy.policy import FastSampler, LinearNormalizer  # noqa: E402
 from fibpolicy.shape_meta import ShapeMeta  # noqa: E402
 
+from budget import Budget  # noqa: E402  (benchmarks/, the script's own directory)
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 ARMS: dict[str, list[str]] = {
     "default": [],
@@ -167,17 +169,13 @@ def main() -> None:
     steps = args.train_steps or (20 if device.type == "cuda" else 3)
     arms = [(name, ARMS[name]) for name in (args.arms if args.arms is not None else ([] if args.arm else list(ARMS)))]
     arms += [parse_arm(text) for text in args.arm]
-    began = time.perf_counter()
-
-    def out_of_time() -> bool:
-        return args.max_seconds is not None and time.perf_counter() - began > args.max_seconds
-
+    budget = Budget(args.max_seconds)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__}, {device} ({gpu}), {torch.get_num_threads()} threads, {steps} timed steps", flush=True)
-    train_rows, latency_rows, skipped = [], [], []
+    train_rows, latency_rows = [], []
     for name, overrides in arms:
-        if out_of_time():
-            skipped.append(name)
+        if budget.spent():
+            budget.skip(name)
             continue
         cfg = compose_arm(overrides)
         torch.manual_seed(0)
@@ -202,8 +200,8 @@ def main() -> None:
         for sampler_name, sampler_steps in samplers or [(policy.inference_scheduler_name, policy.num_inference_steps)]:
             policy.set_inference(sampler_name, sampler_steps)
             for path in args.paths:
-                if out_of_time():
-                    skipped.append(f"{name} {sampler_name}{sampler_steps} {path}")
+                if budget.spent():
+                    budget.skip(f"{name} {sampler_name}{sampler_steps} {path}")
                     continue
                 predict, autocast = predictor(policy, path, bf16)
                 cell = {"arm": name, "sampler": f"{sampler_name}{sampler_steps}", "path": path, "device": gpu}
@@ -232,10 +230,10 @@ def main() -> None:
         for r in latency_rows:
             path = r["path"] + (f" ({r['graph_scope']})" if r.get("graph_scope") else "")
             print(f"| {r['arm']} | {r['sampler']} | {path} | " + " | ".join(f"{r[k]:.1f}" if k in r else "-" for k in keys) + " |")
-    if skipped:
-        print(f"\nskipped for the --max-seconds budget: {', '.join(skipped)}")
+    if budget.skipped:
+        print(f"\n{budget.summary()}")
     if args.json is not None:
-        write_json(args.json, {"train": train_rows, "latency": latency_rows, "skipped": skipped,
+        write_json(args.json, {"train": train_rows, "latency": latency_rows, "skipped": budget.skipped,
                                "torch": torch.__version__, "device": gpu})
 
 

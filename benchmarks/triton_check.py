@@ -44,6 +44,8 @@ from fibpolicy.attention.backends import (
 )
 from fibpolicy.attention.backends.dense import dense_fib_attention
 
+from budget import Budget  # benchmarks/, the script's own directory
+
 HEADS, HEAD_DIM = 12, 64
 DEFAULT_TOKENS = (65, 197, 785, 1569, 4097)
 INTERPRET_TOKENS = (65, 197)
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interpret", action="store_true",
                         help="run the kernels on CPU under TRITON_INTERPRET=1 (small T only)")
     args = parser.parse_args(argv)
-    t0 = time.perf_counter()
+    budget = Budget(args.max_seconds)
 
     info = dict(torch=torch.__version__, triton=getattr(triton_diag.triton, "__version__", None),
                 interpret=args.interpret, tolerances={d: TOL[d] for d in args.dtypes})
@@ -202,9 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = [(t, m, d) for t in tokens_list for d in args.dtypes for m in args.modes]
     rows, skipped = [], []
     for i, (tokens, mode, dtype_name) in enumerate(plan):
-        elapsed = time.perf_counter() - t0
-        if args.max_seconds is not None and elapsed > args.max_seconds:
+        if budget.spent():
             skipped = [dict(tokens=t, mode=m, dtype=d) for t, m, d in plan[i:]]
+            for t, m, d in plan[i:]:
+                budget.skip(f"T={t} {m} {d}", announce=False)
             break
         try:
             row = check_row(tokens, mode, dtype_name, device, args.interpret)
@@ -226,10 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     failed = [r for r in rows if not r["passed"]]
     print(f"{len(rows) - len(failed)} passed, {len(failed)} failed, {len(skipped)} not run "
-          f"in {time.perf_counter() - t0:.1f} s")
+          f"in {budget.elapsed:.1f} s")
     if skipped:
-        names = ", ".join(f"T={s['tokens']} {s['mode']} {s['dtype']}" for s in skipped)
-        print(f"--max-seconds {args.max_seconds:g} reached: skipped {len(skipped)} rows: {names}")
+        print(budget.summary())
     return finish(rows, skipped, 1 if failed else 0)
 
 

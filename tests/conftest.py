@@ -30,3 +30,16 @@ def task_shape_meta(task: str) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(compose("train", [f"task={task}"]).task.shape_meta, resolve=True)
+
+
+def record_lift_demos(path, episodes: int, seed_start: int = 0, camera_size: int = 84, **kwargs) -> dict:
+    """Scripted-expert Lift demos in robomimic's HDF5 layout, recorded the way a robomimic task's data
+    preparation records them (``config/robomimic/common.yaml``); returns the recording summary."""
+    from functools import partial
+
+    from envs.robomimic.demos import expert_demos, image_env_args
+    from fibpolicy.data import record_robomimic_demos
+
+    source = partial(expert_demos, "lift", episodes=episodes, seed_start=seed_start, camera_size=camera_size)
+    return record_robomimic_demos(path, source, env_args=partial(image_env_args, "lift", camera_size), progress=False,
+                                  **kwargs)

@@ -1,4 +1,5 @@
-"""envs.robomimic.demos: robomimic's HDF5 layout, read back by robomimic itself, and the replay checks."""
+"""Scripted-expert robomimic demos in robomimic's HDF5 layout (envs.robomimic.demos episodes, written by
+fibpolicy.data.robomimic_demos), read back by robomimic itself, and the replay checks."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ h5py = pytest.importorskip("h5py")
 
 from envs.robomimic import env_meta_from_dataset  # noqa: E402
 from envs.robomimic._backend import import_robomimic  # noqa: E402
-from envs.robomimic.demos import ABS_ACTION_KEY, check_file, generate_demos, load_demo, main  # noqa: E402
+from envs.robomimic.demos import ABS_ACTION_KEY, check_file, load_demo  # noqa: E402
+from fibpolicy.data.robomimic_demos import main  # noqa: E402
+from conftest import record_lift_demos  # noqa: E402
 
 CAMERA = 32  # small images keep the test fast; the layout does not depend on the size
 
@@ -23,7 +26,7 @@ CAMERA = 32  # small images keep the test fast; the layout does not depend on th
 @pytest.fixture(scope="module")
 def lift_file(tmp_path_factory) -> tuple[Path, dict]:
     path = tmp_path_factory.mktemp("rm") / "lift.hdf5"
-    summary = generate_demos("lift", path, episodes=2, seed_start=1000, camera_size=CAMERA, progress=False)
+    summary = record_lift_demos(path, episodes=2, seed_start=1000, camera_size=CAMERA)
     return path, summary
 
 
@@ -57,7 +60,7 @@ def test_layout_matches_robomimic(lift_file):
             # obs[t + 1] == next_obs[t]
             np.testing.assert_array_equal(g["obs/robot0_eef_pos"][1:], g["next_obs/robot0_eef_pos"][:-1])
             np.testing.assert_array_equal(g["obs/agentview_image"][1:], g["next_obs/agentview_image"][:-1])
-        assert int(data.attrs["total"]) == total == summary["samples"]
+        assert int(data.attrs["total"]) == total == summary["frames"]
         train = [s.decode() for s in f["mask/train"][()]]
         valid = [s.decode() for s in f["mask/valid"][()]]
         assert sorted(train + valid) == ["demo_0", "demo_1"]
@@ -136,7 +139,7 @@ def test_abs_actions_are_the_controller_goal(lift_file):
 def test_refuses_to_overwrite_and_cli_errors(lift_file, tmp_path, capsys):
     path, _ = lift_file
     with pytest.raises(FileExistsError, match=str(path.name)):
-        generate_demos("lift", path, episodes=1, progress=False)
+        record_lift_demos(path, episodes=1)
     rc = main(["--task", "lift", "--out", str(path), "--episodes", "1"])
     assert rc == 2 and "already exists" in capsys.readouterr().err
     rc = main(["--task", "stack", "--out", str(tmp_path / "x.hdf5"), "--episodes", "1"])

@@ -15,8 +15,7 @@ pytest.importorskip("robosuite")
 pytest.importorskip("robomimic")
 h5py = pytest.importorskip("h5py")
 
-from conftest import compose, task_shape_meta  # noqa: E402
-from envs.robomimic.demos import generate_demos  # noqa: E402
+from conftest import compose, record_lift_demos, task_shape_meta  # noqa: E402
 from fibpolicy.data import ReplayBuffer, SequenceDataset, ensure_robomimic_cache, initial_states  # noqa: E402
 from fibpolicy.data.replay_buffer import ReplayBufferError  # noqa: E402
 from fibpolicy.data.robomimic import convert_robomimic  # noqa: E402
@@ -29,7 +28,7 @@ WINDOW = dict(horizon=16, n_obs_steps=2, n_action_steps=8)
 def lift_hdf5(tmp_path_factory) -> Path:
     """Two scripted Lift demos with both 84 px cameras (the image tasks' size)."""
     path = tmp_path_factory.mktemp("rm_policy") / "lift_expert_2.hdf5"
-    generate_demos("lift", path, episodes=2, seed_start=0, progress=False)
+    record_lift_demos(path, episodes=2, seed_start=0)
     return path
 
 
@@ -120,6 +119,18 @@ def test_errors_name_the_file_and_key(hdf5_copy, tmp_path):
         ensure_robomimic_cache(tmp_path / "missing.hdf5", tmp_path / "e.zarr", meta)
     with pytest.raises(ValueError, match="action_form must be one of"):
         convert_robomimic(hdf5_copy, tmp_path / "f.zarr", meta, action_form="rot6d")
+
+
+def test_delta_actions_are_refused_before_the_file_is_converted(hdf5_copy, tmp_path, monkeypatch):
+    from fibpolicy.data import robomimic
+
+    monkeypatch.setattr(robomimic, "DELTA_CHECK_DEMOS", 1)
+    written = []
+    monkeypatch.setattr(robomimic.ReplayBufferWriter, "add_episode", lambda self, *a, **k: written.append(a))
+    with pytest.raises(ReplayBufferError, match=r"'actions' looks like delta actions .* first 1 demos"):
+        convert_robomimic(hdf5_copy, tmp_path / "a.zarr", task_shape_meta("lift_lowdim"), action_key="actions",
+                          progress=False)
+    assert written == [], "demos were converted before the delta check refused the file"
 
 
 def test_a_store_that_is_not_a_cache_is_not_overwritten(lift_hdf5, tmp_path):

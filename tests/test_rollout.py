@@ -242,3 +242,28 @@ def test_kept_workers_serve_the_next_run_and_close_ends_them():
     procs = runner._venv.processes
     runner.close()
     assert runner._venv is None and not any(p.is_alive() for p in procs)
+
+
+class CountsRenders(EarlyDone):
+    """EarlyDone that counts its render() calls."""
+
+    renders = 0
+
+    def render(self):
+        self.renders += 1
+        return super().render()
+
+
+def test_subprocess_envs_render_only_while_filmed(tmp_path):
+    # Seed 13 is filmed and ends after 3 steps, seed 17 is filmed for all 8, seed 11 is not filmed.
+    episodes = [EpisodeSpec(11), EpisodeSpec(13, record_video=True), EpisodeSpec(17, record_video=True)]
+    runner = RolloutRunner(partial(CountsRenders, obs_type="pixels_agent_pos", render_mode="rgb_array"), episodes,
+                           obs_transform=identity, n_envs=3, max_steps=8, video_dir=tmp_path, progress=False,
+                           context="fork", keep_workers=True)
+    result = runner.run(DriftPolicy())
+    try:
+        renders = runner._venv.get_attr("renders")
+    finally:
+        runner.close()
+    assert list(renders) == [0, 3 + 1, 8 + 1]  # the reset frame and one per step while the episode runs
+    assert [len(read_mp4(e.video)) for e in result.episodes[1:]] == [4, 9]

@@ -1,18 +1,13 @@
-"""Generate robomimic Lift / Can demonstrations with the scripted experts, in robomimic's own HDF5 layout.
+"""Scripted-expert robomimic Lift / Can demonstrations, as episodes for robomimic's HDF5 layout.
 
-    python -m envs.robomimic.demos --task lift --out data/lift_expert.hdf5 --episodes 200 --seed-start 0 --workers 2
-
-The file is laid out like robomimic's v1.4.1 PH ``image.hdf5`` (``scripts/dataset_states_to_obs.py``):
-
-- ``data`` attrs ``total`` (number of samples) and ``env_args`` (JSON: ``env_name``, ``type``,
-  ``env_version``, ``env_kwargs``; ``EnvRobosuite.serialize()`` of the image env);
-- ``data/demo_0 … demo_{N-1}`` (contiguous, in seed order), attrs ``num_samples`` and ``model_file``
-  (the scene MJCF) and ``seed`` (ours); datasets ``states`` (n, D) flat ``[time, qpos, qvel]``
-  *before* each action, ``actions`` (n, 7) delta OSC_POSE in [-1, 1], ``actions_abs`` (n, 7),
-  ``rewards`` (n,), ``dones`` (n,) (done mode 2: 1 at success states and at the last step),
-  ``obs/<key>`` and ``next_obs/<key>`` for every key robomimic returns, with the two 84 x 84 uint8
-  camera images ``agentview_image`` and ``robot0_eye_in_hand_image``;
-- ``mask/train`` and ``mask/valid`` (90 / 10, byte strings).
+:func:`expert_demos` yields one episode per seed (``{"data", "meta", "success"}``); fibpolicy writes
+them (``python -m fibpolicy.data.robomimic_demos``, or a robomimic task's data preparation), so this
+package never writes files itself. ``data`` holds ``states`` (n, D) flat ``[time, qpos, qvel]``
+*before* each action, ``actions`` (n, 7) delta OSC_POSE in [-1, 1], ``actions_abs`` (n, 7),
+``rewards`` (n,), ``dones`` (n,) (done mode 2: 1 at success states and at the last step), and
+``obs/<key>`` / ``next_obs/<key>`` for every key robomimic returns, with the two camera images
+``agentview_image`` and ``robot0_eye_in_hand_image``; ``meta`` holds ``model_file`` (the scene MJCF)
+and ``seed``.
 
 How a demo is made (the same three passes robomimic and Diffusion Policy use on the human data):
 
@@ -27,34 +22,25 @@ How a demo is made (the same three passes robomimic and Diffusion Policy use on 
    reset to ``states[t]``, let the delta controller compute its goal from ``actions[t]`` without
    stepping, and store ``[goal_pos, rotvec(goal_ori), gripper]``. They are stored as
    ``actions_abs`` next to the delta ``actions`` (robomimic's newer convention,
-   ``robosuite_add_absolute_actions.py``); Diffusion Policy's ``image_abs.hdf5`` is the same file with
-   ``actions`` replaced by ``actions_abs`` (:func:`write_abs_copy` makes one).
+   ``robosuite_add_absolute_actions.py``).
 
-The file is written under a temporary name and renamed when complete; an existing file is replaced
-only with ``--overwrite``.
+The reading helpers (:func:`load_demo`, :func:`check_file` and the replays) check a written file.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from envs.parallel import ordered_map
 from envs.robomimic.env import MAX_EPISODE_STEPS, RobomimicEnv, check_task, env_meta_from_dataset
 from envs.robomimic.experts import ExpertConfig, run_expert
 
 ABS_ACTION_KEY = "actions_abs"
-VALID_RATIO = 0.1
-MASK_SEED = 0
 
 
 @dataclass
@@ -73,6 +59,13 @@ class Demo:
     def length(self) -> int:
         """Number of samples (actions)."""
         return len(self.data["actions"])
+
+    def episode(self) -> dict[str, Any]:
+        """The demo as an episode for ``record_demos``: dataset paths inside its HDF5 demo group, and attributes."""
+        data = dict(self.data)
+        for group, obs in (("obs", self.obs), ("next_obs", self.next_obs)):
+            data.update({f"{group}/{k}": v for k, v in obs.items()})
+        return {"data": data, "meta": {"model_file": self.model_file, "seed": self.seed}, "success": self.success}
 
 
 class DemoRecorder:
@@ -183,53 +176,6 @@ def delta_to_abs_actions(env: RobomimicEnv, states: np.ndarray, actions: np.ndar
     return out
 
 
-# -- writing -----------------------------------------------------------------------------------
-
-
-class _Writer:
-    """Appends demos to an open h5py file in robomimic's layout."""
-
-    def __init__(self, f: Any, compress: bool) -> None:
-        self.f = f
-        self.data = f.create_group("data")
-        self.compress = "gzip" if compress else None
-        self.names: list[str] = []
-        self.total = 0
-
-    def add(self, demo: Demo) -> None:
-        name = f"demo_{len(self.names)}"
-        g = self.data.create_group(name)
-        for key in ("actions", ABS_ACTION_KEY, "states", "rewards", "dones"):
-            g.create_dataset(key, data=demo.data[key])
-        for group, obs in (("obs", demo.obs), ("next_obs", demo.next_obs)):
-            for k in sorted(obs):
-                g.create_dataset(f"{group}/{k}", data=obs[k], compression=self.compress)
-        g.attrs["model_file"] = demo.model_file
-        g.attrs["num_samples"] = demo.length
-        g.attrs["seed"] = demo.seed
-        self.names.append(name)
-        self.total += demo.length
-
-    def close(self, env_args: dict[str, Any], extra_attrs: dict[str, Any]) -> None:
-        self.data.attrs["total"] = self.total
-        self.data.attrs["env_args"] = json.dumps(env_args, indent=4)
-        for k, v in extra_attrs.items():
-            self.data.attrs[k] = v
-        train, valid = split_train_valid(self.names)
-        mask = self.f.create_group("mask")
-        mask.create_dataset("train", data=np.array(train, dtype="S"))
-        mask.create_dataset("valid", data=np.array(valid, dtype="S"))
-
-
-def split_train_valid(names: list[str], valid_ratio: float = VALID_RATIO, seed: int = MASK_SEED):
-    """A seeded 90 / 10 split like robomimic's ``split_train_val.py`` (sorted demo names)."""
-    n_valid = int(valid_ratio * len(names))
-    perm = np.random.default_rng(seed).permutation(len(names))
-    valid = sorted((names[i] for i in perm[:n_valid]), key=lambda s: int(s[5:]))
-    train = sorted((names[i] for i in perm[n_valid:]), key=lambda s: int(s[5:]))
-    return train, valid
-
-
 _RECORDER: DemoRecorder | None = None
 
 
@@ -259,114 +205,45 @@ def _demos(tasks: list[tuple], workers: int) -> Iterator[Demo]:
     return ordered_map(_record_task, tasks, workers)
 
 
-def generate_demos(
+def expert_demos(
     task: str,
-    out: str | os.PathLike,
     episodes: int,
     seed_start: int = 0,
     workers: int | None = 1,
-    keep_failed: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
     max_steps: int = MAX_EPISODE_STEPS,
     camera_size: int = 84,
     render_quality: str = "fast",
-    compress: bool = False,
     config: ExpertConfig | None = None,
-) -> dict[str, Any]:
-    """Record ``episodes`` expert demos from seeds ``seed_start, …`` into a robomimic HDF5 file at ``out``.
+) -> Iterator[dict[str, Any]]:
+    """One expert episode per seed ``seed_start, …``, in seed order; ``workers=None`` uses every core.
 
-    Only successful episodes are written unless ``keep_failed``; ``workers=None`` uses every core.
-    Returns a summary (episodes written, success rate, mean length, samples, seconds, seconds per demo, path).
+    Each is ``{"data": {dataset path: array}, "meta": {"model_file", "seed"}, "success": bool}``, the
+    episode form ``fibpolicy.data.record_demos`` writes.
     """
-    import h5py
-
-    # Lazy: importing fibpolicy pulls torch (seconds); workers and env construction stay light.
-    from fibpolicy.atomic import atomic_path
-
     task = check_task(task)
     if workers is None:  # the machine's cores
         workers = os.cpu_count() or 1
     if episodes < 1:
-        raise ValueError(f"generate_demos: episodes must be >= 1, got {episodes}")
+        raise ValueError(f"expert_demos: episodes must be >= 1, got {episodes}")
     if workers < 1:
-        raise ValueError(f"generate_demos: workers must be >= 1, got {workers}")
+        raise ValueError(f"expert_demos: workers must be >= 1, got {workers}")
     if max_steps < 1:
-        raise ValueError(f"generate_demos: max_steps must be >= 1, got {max_steps}")
-    out = Path(out)
-    start = time.perf_counter()
-    seeds = list(range(seed_start, seed_start + episodes))
-    tasks = [(task, camera_size, max_steps, render_quality, config, s) for s in seeds]
-    lengths: list[int] = []
-    n_success = 0
-    bar = tqdm(total=episodes, desc=f"{task} demos", unit="demo", disable=not progress, file=sys.stderr)
+        raise ValueError(f"expert_demos: max_steps must be >= 1, got {max_steps}")
+    tasks = [(task, camera_size, max_steps, render_quality, config, s) for s in range(seed_start, seed_start + episodes)]
     try:
-        with atomic_path(out, overwrite=overwrite, suffix=".hdf5") as tmp:
-            with h5py.File(tmp, "w") as f:
-                writer = _Writer(f, compress)
-                for demo in _demos(tasks, workers):
-                    lengths.append(demo.length)
-                    n_success += demo.success
-                    if demo.success or keep_failed:
-                        writer.add(demo)
-                    bar.update(1)
-                    bar.set_postfix(success=f"{n_success / len(lengths):.0%}", samples=writer.total)
-                env_args = _image_env_args(task, camera_size)
-                writer.close(
-                    env_args,
-                    {
-                        "generator": "envs.robomimic.demos (scripted expert)",
-                        "abs_action_key": ABS_ACTION_KEY,
-                        "render_quality": render_quality,
-                    },
-                )
+        for demo in _demos(tasks, workers):
+            yield demo.episode()
     finally:
-        bar.close()
         _close_recorder()
-    seconds = time.perf_counter() - start
-    return {
-        "path": str(out),
-        "task": task,
-        "episodes": episodes,
-        "episodes_written": len(writer.names),
-        "successes": n_success,
-        "success_rate": n_success / episodes,
-        "mean_length": float(np.mean(lengths)),
-        "samples": writer.total,
-        "seconds": seconds,
-        "seconds_per_demo": seconds / episodes,
-    }
 
 
-def _image_env_args(task: str, camera_size: int) -> dict[str, Any]:
-    """``EnvRobosuite.serialize()`` of the image env, as robomimic writes ``env_args``."""
-    if _RECORDER is not None and _RECORDER.task == task and _RECORDER.key[1] == camera_size:
-        return _RECORDER.image_env.env_meta
-    env = RobomimicEnv(task, use_image_obs=True, camera_size=camera_size)
-    meta = env.env_meta
-    env.close()
-    return meta
-
-
-def write_abs_copy(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = False) -> None:
-    """Diffusion Policy's ``image_abs.hdf5``: a copy of ``src`` whose ``actions`` are the absolute ones."""
-    import h5py
-
-    from fibpolicy.atomic import atomic_path
-
-    with atomic_path(dst, overwrite=overwrite) as tmp:
-        with h5py.File(src, "r") as fin, h5py.File(tmp, "w") as fout:
-            for key in fin:
-                fin.copy(key, fout)
-            for attr, value in fin.attrs.items():
-                fout.attrs[attr] = value
-            for name in fout["data"]:
-                g = fout["data"][name]
-                if ABS_ACTION_KEY not in g:
-                    raise KeyError(f"{src}: data/{name} has no {ABS_ACTION_KEY!r}")
-                abs_actions = g[ABS_ACTION_KEY][()]
-                del g["actions"]
-                g.create_dataset("actions", data=abs_actions)
+def image_env_args(task: str, camera_size: int = 84) -> dict[str, Any]:
+    """``EnvRobosuite.serialize()`` of the image env the demos' observations come from (robomimic's ``env_args``)."""
+    env = RobomimicEnv(check_task(task), use_image_obs=True, camera_size=camera_size)
+    try:
+        return env.env_meta
+    finally:
+        env.close()
 
 
 # -- reading and replay checks ------------------------------------------------------------------
@@ -449,58 +326,3 @@ def check_file(path: str | os.PathLike, demos: int | None = None) -> dict[str, A
     delta_env.close()
     abs_env.close()
     return results
-
-
-def _format_summary(s: dict[str, Any]) -> str:
-    return (
-        f"wrote {s['path']}: {s['episodes_written']} of {s['episodes']} {s['task']} demos, "
-        f"success rate {s['success_rate']:.1%}, mean length {s['mean_length']:.1f} steps, "
-        f"{s['samples']} samples, {s['seconds']:.1f} s ({s['seconds_per_demo']:.2f} s/demo)"
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
-    p = argparse.ArgumentParser(prog="python -m envs.robomimic.demos", description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", required=True, help="lift or can")
-    p.add_argument("--out", required=True, help="output HDF5 file, e.g. data/lift_expert.hdf5")
-    p.add_argument("--episodes", type=int, required=True, help="number of episodes (seeds) to run")
-    p.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--keep-failed", action="store_true", help="also write episodes that did not succeed")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS, help="step limit per episode (400)")
-    p.add_argument("--camera-size", type=int, default=84, help="camera height and width (84)")
-    p.add_argument("--render-quality", choices=("fast", "reference"), default="fast")
-    p.add_argument("--compress", action="store_true", help="gzip the observations (robomimic --compress)")
-    p.add_argument("--abs-copy", default=None, help="also write Diffusion Policy's image_abs.hdf5 layout here")
-    p.add_argument("--check", type=int, default=0, metavar="N", help="replay-check the first N demos afterwards")
-    args = p.parse_args(argv)
-    try:
-        summary = generate_demos(
-            args.task,
-            args.out,
-            args.episodes,
-            seed_start=args.seed_start,
-            workers=args.workers,
-            keep_failed=args.keep_failed,
-            overwrite=args.overwrite,
-            max_steps=args.max_steps,
-            camera_size=args.camera_size,
-            render_quality=args.render_quality,
-            compress=args.compress,
-        )
-        if args.abs_copy:
-            write_abs_copy(args.out, args.abs_copy, overwrite=args.overwrite)
-    except (FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(_format_summary(summary))
-    if args.check:
-        for name, r in check_file(args.out, args.check).items():
-            print(f"{name}: {json.dumps(r)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -124,6 +124,38 @@ class _Expert:
         self.phase = phase
         self.phase_steps = 0
 
+    def _grasp(self, st: dict[str, np.ndarray], hover: float, grasp_dz: float,
+               approach: tuple[float, int], descend: tuple[float, int]) -> tuple[np.ndarray, float, float] | None:
+        """Plan the approach, descend and close phases both experts start with; None once the grasp is closed.
+
+        ``approach`` and ``descend`` are each (distance in m that ends the phase, steps after which it ends
+        anyway). The step that closes the grasp switches to "lift" and returns None, so the caller plans it.
+        """
+        cfg = self.cfg
+        err = lambda t: np.linalg.norm(t - st["grip_pos"])  # noqa: E731
+        if self.phase == "approach":
+            target = st["obj_pos"] + [0.0, 0.0, hover]
+            if err(target) < approach[0] or self.phase_steps > approach[1]:
+                self._next("descend")
+            else:
+                return target, cfg.fast, -1.0
+        if self.phase == "descend":
+            target = st["obj_pos"] + [0.0, 0.0, grasp_dz]
+            if err(target) < descend[0] or self.phase_steps > descend[1]:
+                self._next("close")
+                self.anchor = target.copy()
+            else:
+                return target, cfg.slow, -1.0
+        if self.phase == "close":
+            if self.phase_steps < cfg.close_steps:
+                return self.anchor, cfg.slow, 1.0
+            self._next("lift")
+            self.grasped()
+        return None
+
+    def grasped(self) -> None:
+        """Called once, on the step the grasp has closed (before the first "lift" plan)."""
+
     def act(self, env: Any) -> np.ndarray:
         """The next delta action for ``env`` (an :class:`envs.robomimic.RobomimicEnv` in delta mode)."""
         st = read_state(env)
@@ -176,28 +208,14 @@ class LiftExpert(_Expert):
             d = planar_yaw(st["obj_mat"]) - planar_yaw(R_DOWN)
             d = (d + math.pi / 4) % (math.pi / 2) - math.pi / 4
             self.target_ori = rot_z(d) @ R_DOWN
-        cube = st["obj_pos"]
-        err = lambda t: np.linalg.norm(t - st["grip_pos"])  # noqa: E731
-        if self.phase == "approach":
-            target = cube + [0.0, 0.0, cfg.lift_hover]
-            if err(target) < 0.012 or self.phase_steps > 60:
-                self._next("descend")
-            else:
-                return target, cfg.fast, -1.0
-        if self.phase == "descend":
-            target = cube + [0.0, 0.0, cfg.lift_grasp_dz]
-            if err(target) < 0.006 or self.phase_steps > 30:
-                self._next("close")
-                self.anchor = target.copy()
-            else:
-                return target, cfg.slow, -1.0
-        if self.phase == "close":
-            if self.phase_steps >= cfg.close_steps:
-                self._next("lift")
-                self.anchor = self.anchor + [0.0, 0.0, cfg.lift_height]
-            else:
-                return self.anchor, cfg.slow, 1.0
+        planned = self._grasp(st, cfg.lift_hover, cfg.lift_grasp_dz, approach=(0.012, 60), descend=(0.006, 30))
+        if planned is not None:
+            return planned
         return self.anchor, cfg.fast, 1.0
+
+    def grasped(self) -> None:
+        """Lift straight up from the grasp point."""
+        self.anchor = self.anchor + [0.0, 0.0, self.cfg.lift_height]
 
 
 class CanExpert(_Expert):
@@ -209,29 +227,12 @@ class CanExpert(_Expert):
         cfg = self.cfg
         if self.target_ori is None:
             self.target_ori = R_DOWN  # a vertical cylinder needs no yaw alignment
+        planned = self._grasp(st, cfg.can_hover, cfg.can_grasp_dz, approach=(0.015, 80), descend=(0.01, 20))
+        if planned is not None:
+            return planned
         can, grip = st["obj_pos"], st["grip_pos"]
         place = np.array([cfg.place_target[0], cfg.place_target[1], cfg.place_z])
-        err = lambda t: np.linalg.norm(t - grip)  # noqa: E731
-        if self.phase == "approach":
-            target = can + [0.0, 0.0, cfg.can_hover]
-            if err(target) < 0.015 or self.phase_steps > 80:
-                self._next("descend")
-            else:
-                return target, cfg.fast, -1.0
-        if self.phase == "descend":
-            target = can + [0.0, 0.0, cfg.can_grasp_dz]
-            if err(target) < 0.01 or self.phase_steps > 20:
-                self._next("close")
-                self.anchor = target.copy()
-            else:
-                return target, cfg.slow, -1.0
-        if self.phase == "close":
-            if self.phase_steps >= cfg.close_steps:
-                self._next("lift")
-            else:
-                return self.anchor, cfg.slow, 1.0
         if self.phase == "lift":
-            target = np.array([grip[0], grip[1], cfg.carry_z])
             if grip[2] > cfg.carry_z - 0.04 or self.phase_steps > 60:
                 self._next("carry")
             else:

@@ -1,6 +1,6 @@
-"""Data: zarr replay buffer (one reader, one writer), demonstration recording, the robomimic HDF5 -> zarr
-cache, sequence sampler, the generic sequence dataset driven by a task's shape_meta; image and video
-classification datasets."""
+"""Data: zarr replay buffer (one reader, one writer), demonstration recording (zarr, or robomimic's HDF5
+layout), the robomimic HDF5 -> zarr cache, sequence sampler, the generic sequence dataset driven by a
+task's shape_meta; image and video classification datasets."""
 
 from .dataset import SequenceDataset
 from .image_datasets import CIFARDataset, DigitsDataset, ImageFolderDataset, load_digits, read_cifar, stratified_split
@@ -8,6 +8,7 @@ from .moving_shapes import MovingShapesDataset, moving_shapes_classes, render_mo
 from .mp4 import read_mp4, write_mp4
 from .recording import ensure_demos, record_demos
 from .robomimic import convert_robomimic, ensure_robomimic_cache, initial_states
+from .robomimic_demos import RobomimicHDF5Writer, record_robomimic_demos, write_abs_copy
 from .replay_buffer import ArraySpec, ReplayBuffer, ReplayBufferError, ReplayBufferWriter, write_replay_buffer
 from .sampler import SequenceSampler, create_indices, downsample_mask, get_val_mask, split_episodes
 from .video_datasets import VideoClipTransform, VideoDecodeError, VideoListDataset, decode_frames, probe_video, read_video_list
@@ -21,6 +22,7 @@ __all__ = [
     "ReplayBuffer",
     "ReplayBufferError",
     "ReplayBufferWriter",
+    "RobomimicHDF5Writer",
     "SequenceDataset",
     "SequenceSampler",
     "VideoClipTransform",
@@ -39,12 +41,14 @@ __all__ = [
     "probe_video",
     "read_mp4",
     "record_demos",
+    "record_robomimic_demos",
     "read_cifar",
     "read_video_list",
     "render_moving_shape",
     "split_episodes",
     "stratified_split",
     "write_moving_shapes",
+    "write_abs_copy",
     "write_mp4",
     "write_replay_buffer",
 ]

@@ -21,16 +21,29 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .replay_buffer import ReplayBufferError, ReplayBufferWriter
 
-__all__ = ["demo_recipe", "ensure_demos", "record_demos"]
+__all__ = ["EpisodeWriter", "demo_recipe", "ensure_demos", "record_demos"]
 
 EpisodeSource = Callable[[], Iterable[Mapping[str, Any]]] | Iterable[Mapping[str, Any]]
+
+
+class EpisodeWriter(Protocol):
+    """What ``record_demos`` writes through: a context manager that publishes the file on a clean exit."""
+
+    n_episodes: int
+    n_steps: int
+
+    def __enter__(self) -> "EpisodeWriter": ...
+
+    def __exit__(self, *exc: Any) -> Any: ...
+
+    def add_episode(self, data: Mapping[str, np.ndarray], meta: Mapping[str, Any] | None = None) -> Any: ...
 
 
 def record_demos(
@@ -42,19 +55,25 @@ def record_demos(
     overwrite: bool = False,
     attrs: Mapping[str, Any] | None = None,
     progress: bool = True,
+    writer: Callable[..., EpisodeWriter] = ReplayBufferWriter,
 ) -> dict[str, Any]:
-    """Write every episode of ``source`` (only successful ones unless ``keep_failed``) to a replay buffer at ``path``.
+    """Write every episode of ``source`` (only successful ones unless ``keep_failed``) to ``path``.
 
-    The store appears at ``path`` only when complete. Returns a summary: episodes seen and written,
-    success rate, mean length, frames, seconds, path.
+    ``writer(path, overwrite=, attrs=)`` is the file format: a zarr replay buffer by default, or any
+    context manager with ``add_episode(data, meta)``, ``n_episodes`` and ``n_steps`` (robomimic's HDF5
+    layout: :class:`fibpolicy.data.robomimic_demos.RobomimicHDF5Writer`). The output appears at ``path``
+    only when complete. ``total`` (the progress bar's length) defaults to the source's ``episodes``
+    setting. Returns a summary: episodes seen and written, success rate, mean length, frames, seconds, path.
     """
     path = Path(path)
     start = time.perf_counter()
+    if total is None:
+        total = (getattr(source, "keywords", None) or {}).get("episodes")
     episodes = source() if callable(source) else source
     lengths, n_success = [], 0
     bar = tqdm(total=total, desc=f"demos -> {path.name}", unit="ep", disable=not progress, file=sys.stderr)
     try:
-        with ReplayBufferWriter(path, overwrite=overwrite, attrs=attrs) as writer:
+        with writer(path, overwrite=overwrite, attrs=attrs) as sink:
             for index, episode in enumerate(episodes):
                 try:
                     data, success = episode["data"], bool(episode["success"])
@@ -66,18 +85,22 @@ def record_demos(
                 lengths.append(len(next(iter(data.values()))))
                 n_success += success
                 if success or keep_failed:
-                    writer.add_episode(data, episode.get("meta"))
+                    sink.add_episode(data, episode.get("meta"))
                 bar.update(1)
-                bar.set_postfix(success=f"{n_success / len(lengths):.0%}", frames=writer.n_steps)
+                bar.set_postfix(success=f"{n_success / len(lengths):.0%}", frames=sink.n_steps)
             if not lengths:
                 raise ReplayBufferError(f"{path}: the episode source yielded no episodes")
-            if writer.n_episodes == 0:
+            if sink.n_episodes == 0:
                 raise ReplayBufferError(
                     f"{path}: none of the {len(lengths)} episodes succeeded; nothing to write (keep_failed=True keeps them)"
                 )
-            written, frames = writer.n_episodes, writer.n_steps
+            written, frames = sink.n_episodes, sink.n_steps
     finally:
         bar.close()
+        # A generator source frees its simulators now, not whenever it is garbage-collected.
+        close = getattr(episodes, "close", None)
+        if callable(close):
+            close()
     return {
         "path": str(path),
         "episodes": len(lengths),

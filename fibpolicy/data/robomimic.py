@@ -1,7 +1,7 @@
 """robomimic HDF5 files -> a cached zarr replay buffer the generic ``SequenceDataset`` reads.
 
 A robomimic file (``data/demo_i/obs/<key>``, ``data/demo_i/actions``, ...; ours from
-``envs.robomimic.demos`` or a public one) is converted once, as the reference does with its
+``fibpolicy.data.robomimic_demos`` or a public one) is converted once, as the reference does with its
 ``.zarr.zip`` cache: each observation key the task's ``shape_meta`` reads is copied under its own name
 (images uint8 HWC, compressed), and the action is written as the store key ``shape_meta.action.source``
 in one of three forms:
@@ -35,6 +35,8 @@ from .replay_buffer import ReplayBufferError, ReplayBufferWriter
 __all__ = ["ACTION_FORMS", "convert_robomimic", "ensure_robomimic_cache", "initial_states", "robomimic_demo_names"]
 
 ACTION_FORMS = ("abs_rot6d", "abs", "delta")
+# How many leading demos decide whether an "absolute" action key in fact holds deltas.
+DELTA_CHECK_DEMOS = 20
 CACHE_ATTR = "fibpolicy_robomimic_cache"
 CACHE_VERSION = 1
 
@@ -73,8 +75,8 @@ def _read_actions(group: Any, path: Path, name: str, action_key: str, action_for
     if action_key not in group:
         hint = ""
         if action_form != "delta":
-            hint = (" The task asks for absolute actions: record the file with envs.robomimic.demos (which writes "
-                    "actions_abs), or convert a delta file with Diffusion Policy's robomimic_dataset_conversion.py "
+            hint = (" The task asks for absolute actions: record the file with fibpolicy.data.robomimic_demos (which "
+                    "writes actions_abs), or convert a delta file with Diffusion Policy's robomimic_dataset_conversion.py "
                     "and set action_key=actions, or train on delta actions (action_form=delta).")
         raise ReplayBufferError(f"{path}: data/{name} has no {action_key!r} dataset (it has {sorted(group.keys())}).{hint}")
     actions = np.asarray(group[action_key][()], dtype=np.float64)
@@ -134,8 +136,16 @@ def convert_robomimic(
                     episode[key] = group["obs"][key][()]
                 actions = _read_actions(group, hdf5_path, name, action_key, action_form)
                 episode[action_store] = (abs_action_to_rot6d(actions) if action_form == "abs_rot6d" else actions).astype(np.float32)
-                if action_form != "delta" and len(rotations) < 20:
+                if action_form != "delta" and len(rotations) < DELTA_CHECK_DEMOS:
                     rotations.append(actions[:, 3:6])
+                    # Decided on the first demos, so a delta file fails in seconds rather than after converting.
+                    if len(rotations) == min(DELTA_CHECK_DEMOS, len(names)) and _looks_like_delta(rotations):
+                        raise ReplayBufferError(
+                            f"{hdf5_path}: {action_key!r} looks like delta actions (every rotation within [-1, 1] in "
+                            f"the first {len(rotations)} demos), but action_form={action_form!r} asks for absolute "
+                            "ones; name the absolute actions with action_key (actions_abs in files from "
+                            "fibpolicy.data.robomimic_demos) or set action_form=delta"
+                        )
                 lengths = {k: len(v) for k, v in episode.items()}
                 if len(set(lengths.values())) != 1:
                     raise ReplayBufferError(f"{hdf5_path}: data/{name} has obs and actions of different lengths {lengths}")
@@ -143,12 +153,6 @@ def convert_robomimic(
                     _check_first(hdf5_path, name, meta, episode)
                 writer.add_episode(episode, {"demo": int(name[5:])})
                 frames += lengths[action_store]
-            if action_form != "delta" and _looks_like_delta(rotations):
-                raise ReplayBufferError(
-                    f"{hdf5_path}: {action_key!r} looks like delta actions (every rotation within [-1, 1]), but "
-                    f"action_form={action_form!r} asks for absolute ones; name the absolute actions with action_key "
-                    "(actions_abs in files from envs.robomimic.demos) or set action_form=delta"
-                )
     return {"path": str(zarr_path), "source": str(hdf5_path), "episodes": len(names), "frames": frames,
             "action_form": action_form}
 

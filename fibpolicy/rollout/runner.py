@@ -91,6 +91,30 @@ class RolloutResult:
                 "episodes": [asdict(e) for e in self.episodes]}
 
 
+class Filmable(gym.Wrapper):
+    """An env that renders a video frame on ``film()`` only while ``filming`` is set.
+
+    A vector ``call("render")`` renders every subprocess env; with this wrapper the runner marks the
+    envs it films (``set_attr``, one value per env) and the others answer ``film()`` with None at no cost.
+    """
+
+    filming: bool = False
+
+    def film(self) -> np.ndarray | None:
+        """The env's ``render()`` while it is filmed, else None."""
+        return self.env.render() if self.filming else None
+
+
+@dataclass(frozen=True)
+class _FilmableEnvFn:
+    """``env_fn`` with its env wrapped in :class:`Filmable` (a picklable callable for the workers)."""
+
+    env_fn: Callable[[], gym.Env]
+
+    def __call__(self) -> Filmable:
+        return Filmable(self.env_fn())
+
+
 def _failed_workers(venv: gym.vector.AsyncVectorEnv, wait_s: float = 5.0) -> list[int]:
     """Indices of workers that raised (gymnasium drops their pipe) or whose process died."""
     raised = [i for i, pipe in enumerate(getattr(venv, "parent_pipes", [])) if pipe is None]
@@ -155,7 +179,8 @@ class RolloutRunner:
             # next step instead is harmless, since the runner ignores an env once its episode has ended.
             return gym.vector.SyncVectorEnv([self.env_fn] * self.n_envs, autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
         return gym.vector.AsyncVectorEnv(
-            [self.env_fn] * self.n_envs, context=self.context, autoreset_mode=gym.vector.AutoresetMode.DISABLED
+            [_FilmableEnvFn(self.env_fn)] * self.n_envs, context=self.context,
+            autoreset_mode=gym.vector.AutoresetMode.DISABLED,
         )
 
     def _timed(self, phase: str, start: float) -> None:
@@ -223,6 +248,7 @@ class RolloutRunner:
         policy.reset()
         filming = [i for i, s in enumerate(specs) if s.record_video and self.video_dir is not None]
         frames: dict[int, list[np.ndarray]] = {i: [] for i in filming}
+        self._marked: set[int] | None = None  # the envs told to film (set on the round's first frame)
         self._film(venv, frames)
         results = [EpisodeResult(s.seed, s.prefix) for s in specs]
         done = np.zeros(self.n_envs, dtype=bool)
@@ -293,11 +319,16 @@ class RolloutRunner:
         if not frames:
             return
         tick = time.perf_counter()
-        if self.vector_env == "sync":  # render only the filmed envs (a vector call renders every one)
+        if self.vector_env == "sync":
             for i, f in frames.items():
                 f.append(np.asarray(venv.envs[i].render()))
         else:
-            rendered = venv.call("render")
+            # Only the envs marked filming render; the others answer None. The marks change when a filmed
+            # episode ends, so a finished env stops rendering for the ones still running.
+            if set(frames) != self._marked:
+                self._marked = set(frames)
+                venv.set_attr("filming", [i in self._marked for i in range(self.n_envs)])
+            rendered = venv.call("film")
             for i, f in frames.items():
                 f.append(np.asarray(rendered[i]))
         self._timed("video_s", tick)

@@ -17,8 +17,9 @@ optimiser, schedule, augmentation, epochs, precision and seed) through ``run_tra
 classification task through ``timm.create_model``. CIFAR-10 (if the extracted python batches are found:
 ``--cifar-root``, else ``$FIBPOLICY_DATA_DIR/cifar-10-batches-py``) uses the digits recipe with
 ``--cifar-epochs`` epochs. The table gives final and best test top-1, wall-clock minutes of the whole
-run (training + per-epoch tests), trainable parameters and the patch-block density of block 0's
-pattern on the task's patch grid. One seed per arm: differences of a point or two are within what a
+run (training + per-epoch tests, the trainer's own clock), trainable parameters and the patch-block
+density of block 0's pattern on the task's patch grid. A run directory that already holds an arm's run
+is resumed (``resume=true``, exact) or, if finished, only read back, so the comparison can span sessions. One seed per arm: differences of a point or two are within what a
 second seed could change (see docs/patterns.md).
 """
 
@@ -29,7 +30,6 @@ import importlib.util
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from fibpolicy.attention import FibottentionAttention, density  # noqa: E402
+from fibpolicy.plot import read_metrics  # noqa: E402
 from fibpolicy.training.run import run_training  # noqa: E402
 
 
@@ -120,16 +121,22 @@ def run_one(task: str, arm: str, out_dir: Path, spec: dict, extra: dict, quick: 
     """Train one (task, arm) pair and return its table row."""
     run_dir = out_dir / f"{task}_{arm}"
     overrides = run_overrides(task, arm, run_dir, spec, extra, quick)
+    if (run_dir / "metrics.jsonl").exists():
+        overrides.append("resume=true")
     with initialize_config_dir(config_dir=str(ROOT / "config"), version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
     params, dens = _parameters_and_density(cfg, task)
     print(f"[benchmark] {task} / {arm}: python train.py " + " ".join(o for o in overrides if not o.startswith("run_dir=")),
           flush=True)
-    start = time.time()
-    metrics = run_training(cfg)
+    run_training(cfg)
+    # The last evaluation in the run's log: the same row whether this call trained, resumed or found it done.
+    tested = [row for row in read_metrics(run_dir) if "test/top1" in row]
+    if not tested:
+        raise RuntimeError(f"{run_dir}/metrics.jsonl has no test/top1 row: the run did not evaluate")
+    last = tested[-1]
     return {
-        "task": task, "arm": arm, "encoder": ARMS[arm], "top1": metrics.get("test/top1", float("nan")),
-        "best_top1": metrics.get("best/test/top1", float("nan")), "minutes": (time.time() - start) / 60,
+        "task": task, "arm": arm, "encoder": ARMS[arm], "top1": last["test/top1"],
+        "best_top1": last.get("best/test/top1", float("nan")), "minutes": last["wall_time_s"] / 60,
         "params": params, "density": dens, "run_dir": str(run_dir),
     }
 

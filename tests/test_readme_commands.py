@@ -59,7 +59,7 @@ CASES: dict[str, list[str]] = {
     "python train.py task.dataset.zarr_path=/path/pusht_cchi_v7_replay.zarr": POLICY_RUN + ONE_BLOCK,
     "python train.py resume=true run_dir=runs/<run>": POLICY_RUN + ONE_BLOCK + ["training.trainer.max_steps=4"],
     "torchrun --nproc_per_node=2 train.py training=smoke": SMOKE + ["training.trainer.max_steps=2"],
-    "python -m fibpolicy.data.robomimic_demos --task lift --out data/lift_expert.hdf5 --episodes 200 --workers 2": [
+    "python -m fibpolicy.record_robomimic_demos --task lift --out data/lift_expert.hdf5 --episodes 200 --workers 2": [
         "--episodes 1", "--workers 1"],
     "python eval.py checkpoint=runs/<run>": ["n_train=1", "n_test=1", "n_envs=2", "max_steps=8"],
     "python eval.py checkpoint=runs/<run> n_test=10 inference_steps=16 scheduler=ddim": ["n_train=0", "n_test=1", "n_envs=1", "inference_steps=2", "max_steps=8"],
@@ -356,7 +356,7 @@ def test_readme_policy_snippet_runs_on_a_trained_run(default_run):
 
 def test_robomimic_demos_command(dirs):
     base, env = dirs
-    command = "python -m fibpolicy.data.robomimic_demos --task lift --out data/lift_expert.hdf5 --episodes 200 --workers 2"
+    command = "python -m fibpolicy.record_robomimic_demos --task lift --out data/lift_expert.hdf5 --episodes 200 --workers 2"
     out = base / "data" / "lift_expert.hdf5"
     res = run(command, env, {"data/lift_expert.hdf5": str(out)})
     assert "1 of 1 lift demos" in res.stdout + res.stderr

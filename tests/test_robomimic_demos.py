@@ -1,5 +1,6 @@
 """Scripted-expert robomimic demos in robomimic's HDF5 layout (envs.robomimic.demos episodes, written by
-fibpolicy.data.robomimic_demos), read back by robomimic itself, and the replay checks."""
+fibpolicy.data.robomimic_demos; command line fibpolicy.record_robomimic_demos), read back by robomimic
+itself, and the replay checks."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ h5py = pytest.importorskip("h5py")
 from envs.robomimic import env_meta_from_dataset  # noqa: E402
 from envs.robomimic._backend import import_robomimic  # noqa: E402
 from envs.robomimic.demos import ABS_ACTION_KEY, check_file, load_demo  # noqa: E402
-from fibpolicy.data.robomimic_demos import main  # noqa: E402
+from fibpolicy.record_robomimic_demos import main  # noqa: E402
 from conftest import record_lift_demos  # noqa: E402
 
 CAMERA = 32  # small images keep the test fast; the layout does not depend on the size

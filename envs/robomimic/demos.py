@@ -1,7 +1,7 @@
 """Scripted-expert robomimic Lift / Can demonstrations, as episodes for robomimic's HDF5 layout.
 
 :func:`expert_demos` yields one episode per seed (``{"data", "meta", "success"}``); fibpolicy writes
-them (``python -m fibpolicy.data.robomimic_demos``, or a robomimic task's data preparation), so this
+them (``python -m fibpolicy.record_robomimic_demos``, or a robomimic task's data preparation), so this
 package never writes files itself. ``data`` holds ``states`` (n, D) flat ``[time, qpos, qvel]``
 *before* each action, ``actions`` (n, 7) delta OSC_POSE in [-1, 1], ``actions_abs`` (n, 7),
 ``rewards`` (n,), ``dones`` (n,) (done mode 2: 1 at success states and at the last step), and

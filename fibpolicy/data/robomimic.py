@@ -1,8 +1,8 @@
 """robomimic HDF5 files -> a cached zarr replay buffer the generic ``SequenceDataset`` reads.
 
 A robomimic file (``data/demo_i/obs/<key>``, ``data/demo_i/actions``, ...; ours from
-``fibpolicy.data.robomimic_demos`` or a public one) is converted once, as the reference does with its
-``.zarr.zip`` cache: each observation key the task's ``shape_meta`` reads is copied under its own name
+``python -m fibpolicy.record_robomimic_demos`` or a public one) is converted once, as the reference
+does with its ``.zarr.zip`` cache: each observation key the task's ``shape_meta`` reads is copied under its own name
 (images uint8 HWC, compressed), and the action is written as the store key ``shape_meta.action.source``
 in one of three forms:
 
@@ -75,8 +75,8 @@ def _read_actions(group: Any, path: Path, name: str, action_key: str, action_for
     if action_key not in group:
         hint = ""
         if action_form != "delta":
-            hint = (" The task asks for absolute actions: record the file with fibpolicy.data.robomimic_demos (which "
-                    "writes actions_abs), or convert a delta file with Diffusion Policy's robomimic_dataset_conversion.py "
+            hint = (" The task asks for absolute actions: record the file with "
+                    "python -m fibpolicy.record_robomimic_demos (which writes actions_abs), or convert a delta file with Diffusion Policy's robomimic_dataset_conversion.py "
                     "and set action_key=actions, or train on delta actions (action_form=delta).")
         raise ReplayBufferError(f"{path}: data/{name} has no {action_key!r} dataset (it has {sorted(group.keys())}).{hint}")
     actions = np.asarray(group[action_key][()], dtype=np.float64)
@@ -144,7 +144,7 @@ def convert_robomimic(
                             f"{hdf5_path}: {action_key!r} looks like delta actions (every rotation within [-1, 1] in "
                             f"the first {len(rotations)} demos), but action_form={action_form!r} asks for absolute "
                             "ones; name the absolute actions with action_key (actions_abs in files from "
-                            "fibpolicy.data.robomimic_demos) or set action_form=delta"
+                            "python -m fibpolicy.record_robomimic_demos) or set action_form=delta"
                         )
                 lengths = {k: len(v) for k, v in episode.items()}
                 if len(set(lengths.values())) != 1:

@@ -19,8 +19,9 @@ classification task through ``timm.create_model``. CIFAR-10 (if the extracted py
 ``--cifar-epochs`` epochs. The table gives final and best test top-1, wall-clock minutes of the whole
 run (training + per-epoch tests, the trainer's own clock), trainable parameters and the patch-block
 density of block 0's pattern on the task's patch grid. A run directory that already holds an arm's run
-is resumed (``resume=true``, exact) or, if finished, only read back, so the comparison can span sessions. One seed per arm: differences of a point or two are within what a
-second seed could change (see docs/patterns.md).
+is resumed (``resume=true``, exact) or, if finished, only read back, so the comparison can span
+sessions. One seed per arm: differences of a point or two are within what a second seed could change
+(see docs/patterns.md).
 """
 
 from __future__ import annotations

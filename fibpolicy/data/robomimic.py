@@ -2,9 +2,9 @@
 
 A robomimic file (``data/demo_i/obs/<key>``, ``data/demo_i/actions``, ...; ours from
 ``python -m fibpolicy.record_robomimic_demos`` or a public one) is converted once, as the reference
-does with its ``.zarr.zip`` cache: each observation key the task's ``shape_meta`` reads is copied under its own name
-(images uint8 HWC, compressed), and the action is written as the store key ``shape_meta.action.source``
-in one of three forms:
+does with its ``.zarr.zip`` cache: each observation key the task's ``shape_meta`` reads is copied under
+its own name (images uint8 HWC, compressed), and the action is written as the store key
+``shape_meta.action.source`` in one of three forms:
 
 - ``abs_rot6d`` (default): absolute ``[pos 3, axis-angle 3, gripper]`` -> ``[pos 3, rot6d 6, gripper]``
   (10 per arm), read from ``action_key`` (``actions_abs`` in our files and robomimic's newer ones;
@@ -76,7 +76,8 @@ def _read_actions(group: Any, path: Path, name: str, action_key: str, action_for
         hint = ""
         if action_form != "delta":
             hint = (" The task asks for absolute actions: record the file with "
-                    "python -m fibpolicy.record_robomimic_demos (which writes actions_abs), or convert a delta file with Diffusion Policy's robomimic_dataset_conversion.py "
+                    "python -m fibpolicy.record_robomimic_demos (which writes actions_abs), or convert a delta "
+                    "file with Diffusion Policy's robomimic_dataset_conversion.py "
                     "and set action_key=actions, or train on delta actions (action_form=delta).")
         raise ReplayBufferError(f"{path}: data/{name} has no {action_key!r} dataset (it has {sorted(group.keys())}).{hint}")
     actions = np.asarray(group[action_key][()], dtype=np.float64)

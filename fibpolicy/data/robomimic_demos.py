@@ -1,7 +1,8 @@
 """Recording robomimic demonstrations into robomimic's own HDF5 layout.
 
-Its command line is ``python -m fibpolicy.record_robomimic_demos``. The episodes come from ``envs.robomimic.demos.expert_demos`` (the scripted experts; how a demo is made
-is described there); this module owns the file. The layout is robomimic's v1.4.1 PH ``image.hdf5``
+Its command line is ``python -m fibpolicy.record_robomimic_demos``. The episodes come from
+``envs.robomimic.demos.expert_demos`` (the scripted experts; how a demo is made is described there);
+this module owns the file. The layout is robomimic's v1.4.1 PH ``image.hdf5``
 (``scripts/dataset_states_to_obs.py``):
 
 - ``data`` attrs ``total`` (number of samples) and ``env_args`` (JSON: ``env_name``, ``type``,

@@ -19,8 +19,9 @@ classification task through ``timm.create_model``. CIFAR-10 (if the extracted py
 ``--cifar-epochs`` epochs. The table gives final and best test top-1, wall-clock minutes of the whole
 run (training + per-epoch tests, the trainer's own clock), trainable parameters and the patch-block
 density of block 0's pattern on the task's patch grid. A run directory that already holds an arm's run
-is resumed (``resume=true``, exact) or, if finished, only read back, so the comparison can span
-sessions. One seed per arm: differences of a point or two are within what a second seed could change
+is resumed from its checkpoint (``resume=true``, exact) or, if finished, only read back, so the comparison
+can span sessions; a run killed before its first checkpoint (these recipes write one at the end) is
+started again. One seed per arm: differences of a point or two are within what a second seed could change
 (see docs/patterns.md).
 """
 
@@ -43,6 +44,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from fibpolicy.attention import FibottentionAttention, density  # noqa: E402
 from fibpolicy.plot import read_metrics  # noqa: E402
 from fibpolicy.training.run import run_training  # noqa: E402
+from fibpolicy.training.run_dir import continuation_overrides  # noqa: E402
 
 
 def _classification_benchmark():
@@ -122,8 +124,7 @@ def run_one(task: str, arm: str, out_dir: Path, spec: dict, extra: dict, quick: 
     """Train one (task, arm) pair and return its table row."""
     run_dir = out_dir / f"{task}_{arm}"
     overrides = run_overrides(task, arm, run_dir, spec, extra, quick)
-    if (run_dir / "metrics.jsonl").exists():
-        overrides.append("resume=true")
+    overrides += continuation_overrides(run_dir)
     with initialize_config_dir(config_dir=str(ROOT / "config"), version_base=None):
         cfg = compose(config_name="train", overrides=overrides)
     params, dens = _parameters_and_density(cfg, task)

@@ -6,10 +6,11 @@
 
 Each arm is ``python train.py <arm overrides> training.trainer.max_minutes=<minutes>`` (the default CPU
 recipe otherwise) in its own run directory. An arm whose run directory already holds a run is resumed
-(``resume=true`` continues exactly; the budget counts every session's minutes), so the study survives
-being killed. Arms: the default Fibottention ViT, its dense twin (same initialisation), Fibottention
-with ``mode=additive``, the reference ResNet-18 GN with spatial soft-max, and Crossway (the default
-encoder with the reconstruction loss). The report is a Markdown table per checkpoint (test mean score,
+from its checkpoint (``resume=true`` continues exactly; the budget counts every session's minutes), so
+the study survives being killed; one killed before its first checkpoint is started again. Arms: the
+default Fibottention ViT, its dense twin (same initialisation), Fibottention with ``mode=additive``, the
+reference ResNet-18 GN with spatial soft-max, and Crossway (the default encoder with the reconstruction
+loss). The report is a Markdown table per checkpoint (test mean score,
 success rate, steps, samples/s, minutes) and a PNG of test score against minutes and steps.
 """
 
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from fibpolicy.atomic import write_json, write_text  # noqa: E402
 from fibpolicy.plot import evaluation_rows, evaluation_table, plot_runs  # noqa: E402
+from fibpolicy.training.run_dir import continuation_overrides  # noqa: E402
 
 ARMS: dict[str, list[str]] = {
     "fib": [],
@@ -39,8 +41,7 @@ def run_arm(name: str, out: Path, minutes: float, extra: list[str]) -> int:
     """Train (or resume) one arm; returns the exit status of train.py."""
     run_dir = out / name
     overrides = [*ARMS[name], f"training.trainer.max_minutes={minutes}", f"run_dir={run_dir}", *extra]
-    if (run_dir / "metrics.jsonl").exists():
-        overrides.append("resume=true")
+    overrides += continuation_overrides(run_dir)
     print(f"[study] {name}: python train.py {' '.join(overrides)}", flush=True)
     return subprocess.call([sys.executable, str(ROOT / "train.py"), *overrides], cwd=ROOT)
 

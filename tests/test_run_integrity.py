@@ -20,7 +20,7 @@ from fibpolicy.data import ReplayBuffer, ReplayBufferError, ensure_demos, record
 from fibpolicy.data.integrity import StoreIntegrityError
 from fibpolicy.evaluation import run_evaluation
 from fibpolicy.training.run import run_training
-from fibpolicy.training.run_dir import RunDirectoryError, run_directory
+from fibpolicy.training.run_dir import RunDirectoryError, continuation_overrides, run_directory
 
 from test_trainer import Crash, NoisyRegressor, _trainer
 
@@ -138,6 +138,22 @@ def test_replacing_latest_never_leaves_zero_valid_checkpoints(tmp_path, monkeypa
         save_resumable(tmp_path, 2, model=_module(2), trainer_state={"step": 2}, meta={"step": 2})
     assert read_meta(latest)["step"] == 1  # the old latest is intact
     assert find_resumable(tmp_path)[0].name == "state-00000002"  # and resume takes the newer complete one
+
+
+def test_a_rerun_resumes_a_checkpoint_and_restarts_a_run_killed_before_its_first(tmp_path, capsys):
+    run = tmp_path / "arm"
+    assert continuation_overrides(run) == []  # nothing there yet
+    run.mkdir()
+    (run / ".lock").write_text("123")
+    assert continuation_overrides(run) == []  # a lock alone is no run
+    (run / "metrics.jsonl").write_text('{"step": 3, "train/loss": 1.0}\n')
+    assert continuation_overrides(run) == ["overwrite=true"]
+    assert "no complete checkpoint" in capsys.readouterr().out
+    save_resumable(run, 4, model=_module(1), trainer_state={"step": 4}, meta={"step": 4})
+    assert continuation_overrides(run) == ["resume=true"]
+    model_file = run / "checkpoints" / "state-00000004" / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:-8])  # the only checkpoint is torn: nothing to resume
+    assert continuation_overrides(run) == ["overwrite=true"]
 
 
 def test_a_latest_directory_of_an_older_run_is_resumed_and_then_replaced_by_a_link(tmp_path):

@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from ..atomic import clean_orphans, write_text
 from ..checkpoint import CHECKPOINTS_DIR, CONFIG_FILE, find_resumable, load_config, read_meta
 
-__all__ = ["SAFE_RESUME_KEYS", "RunDirectoryError", "config_differences", "run_directory", "write_run_config"]
+__all__ = ["SAFE_RESUME_KEYS", "RunDirectoryError", "config_differences", "continuation_overrides", "run_directory",
+           "write_run_config"]
 
 LOCK_FILE = ".lock"
 # Any of these means the directory already holds a run.
@@ -65,6 +66,25 @@ def config_differences(old: DictConfig | Mapping, new: DictConfig | Mapping) -> 
 
 def _holds_run(run_dir: Path) -> list[str]:
     return [name for name in RUN_MARKERS if (run_dir / name).exists()]
+
+
+def continuation_overrides(run_dir: str | Path) -> list[str]:
+    """The overrides that carry on whatever ``run_dir`` holds, for scripts that rerun an interrupted run.
+
+    Nothing there: ``[]`` (a new run). A resumable checkpoint: ``["resume=true"]`` (exact, and a finished
+    run only reports itself finished). A run killed before its first checkpoint has nothing to resume,
+    so ``["overwrite=true"]`` starts it again, and that is said aloud.
+    """
+    run_dir = Path(run_dir)
+    found = _holds_run(run_dir)
+    if not found:
+        return []
+    checkpoint, _ = find_resumable(run_dir)
+    if checkpoint is not None:
+        return ["resume=true"]
+    print(f"[fibpolicy] {run_dir} holds a run ({', '.join(found)}) but no complete checkpoint to resume "
+          "(killed before its first one): starting it again", flush=True)
+    return ["overwrite=true"]
 
 
 def _is_main_process() -> bool:

@@ -10,8 +10,8 @@ from its checkpoint (``resume=true`` continues exactly; the budget counts every 
 the study survives being killed; one killed before its first checkpoint is started again. Arms: the
 default Fibottention ViT, its dense twin (same initialisation), Fibottention with ``mode=additive``, the
 reference ResNet-18 GN with spatial soft-max, and Crossway (the default encoder with the reconstruction
-loss). The report is a Markdown table per checkpoint (test mean score,
-success rate, steps, samples/s, minutes) and a PNG of test score against minutes and steps.
+loss). The report is a Markdown table per checkpoint (test mean score, success rate, steps, samples/s,
+minutes) and a PNG of test score against minutes and steps.
 """
 
 from __future__ import annotations

@@ -72,8 +72,8 @@ def continuation_overrides(run_dir: str | Path) -> list[str]:
     """The overrides that carry on whatever ``run_dir`` holds, for scripts that rerun an interrupted run.
 
     Nothing there: ``[]`` (a new run). A resumable checkpoint: ``["resume=true"]`` (exact, and a finished
-    run only reports itself finished). A run killed before its first checkpoint has nothing to resume,
-    so ``["overwrite=true"]`` starts it again, and that is said aloud.
+    run only reports itself finished). A run killed before its first checkpoint, or whose checkpoints are
+    all torn, has nothing to resume, so ``["overwrite=true"]`` starts it again, and that is said aloud.
     """
     run_dir = Path(run_dir)
     found = _holds_run(run_dir)
@@ -83,7 +83,7 @@ def continuation_overrides(run_dir: str | Path) -> list[str]:
     if checkpoint is not None:
         return ["resume=true"]
     print(f"[fibpolicy] {run_dir} holds a run ({', '.join(found)}) but no complete checkpoint to resume "
-          "(killed before its first one): starting it again", flush=True)
+          "(killed before its first one, or the one there is torn): starting it again", flush=True)
     return ["overwrite=true"]
 
 

@@ -55,5 +55,14 @@ def test_reconstructions_have_each_key_shape_and_bad_widths_are_refused():
     decoder = CrosswayDecoder(meta, bottleneck_dim=64, n_obs_steps=2)
     out = decoder(torch.randn(4, 64))
     assert out["image"].shape == (4, 2, 3, 20, 28) and out["pos"].shape == (4, 2, 5)
+    for shape in ([3, 96, 96], [3, 84, 84], [1, 1, 1]):
+        meta["obs"]["image"]["shape"] = shape
+        decoder = CrosswayDecoder(meta, bottleneck_dim=64, n_obs_steps=2)
+        sizes = []
+        for stage in decoder.images["image"].stages:
+            stage.register_forward_hook(lambda module, args, output: sizes.append(tuple(output.shape[-2:])))
+        assert decoder(torch.randn(3, 64))["image"].shape == (3, 2, *shape)
+        # every map is at most the image's size: the decoder never works above the resolution it reconstructs
+        assert sizes[-1] == tuple(shape[1:]) and all(max(s) <= max(shape[1:]) for s in sizes)
     with pytest.raises(ValueError, match="divisible by 4 x n_obs_steps"):
         CrosswayDecoder(meta, bottleneck_dim=60, n_obs_steps=2)

@@ -38,10 +38,7 @@ class _ResidualUp(nn.Module):
         self.skip = nn.Conv2d(dim_in, dim_out, 1) if dim_in != dim_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.size is None:
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-        else:
-            x = F.interpolate(x, size=self.size, mode="nearest")
+        x = F.interpolate(x, size=self.size, scale_factor=2 if self.size is None else None, mode="nearest")
         return self.block(x) + self.skip(x)
 
 
@@ -51,17 +48,15 @@ class _ImageDecoder(nn.Module):
     def __init__(self, in_channels: int, image_shape: tuple[int, int, int], min_channels: int = 16) -> None:
         super().__init__()
         channels, height, width = image_shape
-        stages, size, dim = [], 2, in_channels
-        while size < max(height, width):
+        # As many ×2 stages as reach (H, W) from 2x2, at least one; the last lands on the image size rather
+        # than on the next power of two: a 96-px image decoded at 128 px and resized costs 1.8x the
+        # full-size convolutions, the bulk of the decoder.
+        n_stages = max(1, math.ceil(math.log2(max(height, width) / 2)))
+        stages, dim = [], in_channels
+        for i in range(n_stages):
             out = max(min_channels, dim // 2)
-            # Landing the last stage on the image size, not on the next power of two: a 96-px image
-            # decoded at 128 px and resized costs 1.8x the full-size convolutions, the bulk of the decoder.
-            last = size * 2 >= max(height, width)
-            stages.append(_ResidualUp(dim, out, size=(height, width) if last else None))
-            dim, size = out, size * 2
-        if not stages:  # an image no larger than the 2x2 map still gets one stage that lands on its size
-            stages.append(_ResidualUp(dim, max(min_channels, dim // 2), size=(height, width)))
-            dim = max(min_channels, dim // 2)
+            stages.append(_ResidualUp(dim, out, size=(height, width) if i == n_stages - 1 else None))
+            dim = out
         self.stages = nn.Sequential(*stages)
         self.head = nn.Conv2d(dim, channels, 3, padding=1)
 
